@@ -1,0 +1,102 @@
+"""Device and dtype choice (CUDA / MPS / CPU), thread counts and peak-memory readings."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import resource
+import sys
+from pathlib import Path
+
+import torch
+
+from harness.errors import BenchError
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def resolve_device(requested: str) -> str:
+    """'auto' picks CUDA, then MPS, then CPU; an explicit device that is not present is a user error."""
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if mps_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        built = torch.version.cuda or "none (a CPU-only build)"
+        raise BenchError(
+            f"--device cuda: no CUDA GPU is visible here (torch {torch.__version__}, CUDA {built}). "
+            "Use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU."
+        )
+    if requested == "mps" and not mps_available():
+        raise BenchError(
+            "--device mps: Apple's Metal backend is not available on this machine. Use --device cpu or auto."
+        )
+    if requested not in ("cpu", "cuda", "mps"):
+        raise BenchError(f"--device: '{requested}' is not a device; use auto, cpu, cuda or mps.")
+    return requested
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True only for CPUs with bf16 matrix instructions (AMX / AVX512-BF16); elsewhere bf16 is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def choose_dtype(device: str, dtype: str = "auto", fp16: bool = False, bf16: bool = False) -> torch.dtype:
+    """The compute dtype per device. A request the device cannot run fast is downgraded with a warning."""
+    wanted = "float16" if fp16 else "bfloat16" if bf16 else dtype
+    if device == "cuda":
+        if wanted == "auto":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        if wanted == "bfloat16" and not torch.cuda.is_bf16_supported():
+            log.warning("bfloat16 requested but this GPU does not support it; using float16")
+            return torch.float16
+        return _DTYPES[wanted]
+    if device == "mps":
+        if wanted == "bfloat16":
+            log.warning("bfloat16 is not reliable on MPS; using float16")
+            return torch.float16
+        return torch.float32 if wanted == "auto" else _DTYPES[wanted]
+    # CPU
+    if wanted in ("bfloat16", "float16"):
+        if wanted == "bfloat16" and cpu_has_native_bf16():
+            return torch.bfloat16
+        log.warning(
+            "%s requested on a CPU without native support (it runs ~30x slower than float32 here); "
+            "using float32", wanted,
+        )
+    return torch.float32
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def set_threads(n: int | None) -> int:
+    """Pin torch's intra-op threads to the trial's CPU share so concurrent trials don't oversubscribe."""
+    if n and n > 0:
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+def reset_peak_memory(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak CUDA memory on CUDA; elsewhere the process's peak resident set size."""
+    if device == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
