@@ -141,6 +141,9 @@ def _find_split_files(folder: Path) -> dict[str, Path]:
 
 
 def _load_hub(cfg: DataConfig) -> dict[str, list[Pair]]:
+    from harness.models import check_hub
+
+    check_hub(cfg.dataset, "data.dataset", repo_type="dataset")
     try:
         import datasets
 

@@ -221,7 +221,7 @@ def start_ray(cfg: BenchConfig) -> None:
         if cfg.run.ray_address:
             ray.init(address=cfg.run.ray_address, **kwargs)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)  # never join a stray cluster
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise BenchError(
             f"--ray-address: could not join the Ray cluster at '{cfg.run.ray_address}' ({exc}). Start it with "

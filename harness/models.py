@@ -151,6 +151,33 @@ def resolve_source(model_cfg: ModelConfig) -> tuple[str, bool]:
     return name, False
 
 
+def check_hub(repo_id: str, field: str, repo_type: str = "model", revision: str | None = None) -> None:
+    """Fail fast and clearly when a hub repo is neither cached nor reachable (the hub client would retry
+    for a minute before giving up), and tell a missing repo from a missing network."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+
+    probe = "config.json" if repo_type == "model" else "README.md"
+    if isinstance(try_to_load_from_cache(repo_id, probe, revision=revision, repo_type=repo_type), str):
+        return
+    offline = (
+        f"{field}: '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
+        "(offline?). Use a local path or one of the embedded {alternatives}, or run once with network access."
+    )
+    alternatives = f"models ({', '.join(EMBEDDED)})" if repo_type == "model" else "corpus (data.dataset=embedded)"
+    if constants.HF_HUB_OFFLINE:
+        raise BenchError(offline.format(alternatives=alternatives) + " HF_HUB_OFFLINE is set.")
+    try:
+        HfApi().repo_info(repo_id, repo_type=repo_type, revision=revision, timeout=10)
+    except Exception as exc:  # noqa: BLE001 - classified below
+        kind = type(exc).__name__
+        if "NotFound" in kind or "GatedRepo" in kind or getattr(getattr(exc, "response", None), "status_code", 0) in (401, 403, 404):
+            raise BenchError(
+                f"{field}: '{repo_id}' was not found on the Hugging Face hub (or needs a login: {kind}). "
+                "Check the spelling (org/name), or run `huggingface-cli login` for gated models."
+            ) from None
+        raise BenchError(offline.format(alternatives=alternatives) + f" ({kind})") from None
+
+
 def load_tokenizer(source: str, model_cfg: ModelConfig, local: bool) -> Any:
     from transformers import AutoTokenizer
 
@@ -192,6 +219,8 @@ def load_model(model_cfg: ModelConfig, device: str) -> LoadedModel:
     if model_cfg.load_in_4bit:
         kwargs["quantization_config"] = quantization_config(model_cfg, dtype)
         kwargs["device_map"] = {"": device if device != "cuda" else 0}
+    if not local:
+        check_hub(source, "model.name", revision=model_cfg.revision)
     try:
         tokenizer = load_tokenizer(source, model_cfg, local)
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)

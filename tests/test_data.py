@@ -56,6 +56,12 @@ def test_missing_file_and_unknown_dataset(tmp_path):
         load_splits(DataConfig(dataset="nonsense"))
 
 
+def test_hub_dataset_offline_is_a_clear_error():
+    with pytest.raises(BenchError, match="data.dataset: 'Helsinki-NLP/opus-100' is not in the local Hugging Face "
+                                         "cache.*data.dataset=embedded"):
+        load_splits(DataConfig(dataset="Helsinki-NLP/opus-100", dataset_config="en-tr"))
+
+
 def test_embedded_corpus_is_real_and_sized():
     splits = load_splits(DataConfig())
     sizes = splits.sizes()

@@ -1,0 +1,197 @@
+"""The Ray Tune driver on a real local Ray: the technique grid, Optuna search, plugins from the entry-point
+group, fault isolation, and kill -9 + --resume reaching the same leaderboard."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.io import read_json, read_jsonl
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_dir_from(output: str) -> Path:
+    line = next(line for line in output.splitlines() if line.startswith("run folder: "))
+    return Path(line.removeprefix("run folder: ").strip())
+
+
+def trials(run_dir: Path) -> dict[str, dict]:
+    out = {}
+    for folder in sorted((run_dir / "trials").iterdir()):
+        out[folder.name] = {
+            "trial": read_json(folder / "trial.json"),
+            "status": read_json(folder / "status.json"),
+            "rows": read_jsonl(folder / "metrics.jsonl"),
+            "folder": folder,
+        }
+    return out
+
+
+def test_techniques_all_runs_baseline_and_every_technique(ray_local, tiny_yaml, capsys):
+    config = tiny_yaml()
+    code = main(["--config", str(config), "--techniques", "all", "--name", "grid"])
+    out = capsys.readouterr().out
+    assert code == 0
+    run_dir = run_dir_from(out)
+    found = trials(run_dir)
+    techniques = sorted(t["trial"]["technique"] for t in found.values())
+    assert techniques == ["base", "lora", "prefix_tuning", "qlora", "soft_prompting"]
+    assert all(t["status"]["status"] == "ok" for t in found.values())
+    assert all(t["trial"]["device"] == "cpu" and t["trial"]["cpus"] == 2 for t in found.values())
+    for t in found.values():
+        expected = [0] if t["trial"]["technique"] == "base" else [1, 2]
+        assert [r["epoch"] for r in t["rows"]] == expected
+    for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "epochs.md", "run.json"):
+        assert (run_dir / name).is_file(), name
+    board = json.loads((run_dir / "leaderboard.json").read_text())
+    assert [row["rank"] for row in board] == [1, 2, 3, 4, 5]
+    assert "soft_prompting" in out and "nrefs:1|case:mixed|eff:yes|nc:6|nw:0" in out  # table + signature
+    best = read_json(run_dir.parent / "best.json")
+    assert best["overall"]["adapter"].startswith(str(run_dir)) and Path(best["overall"]["adapter"]).is_dir()
+    assert read_json(run_dir / "run.json")["status"] == "finished"
+
+
+def test_optuna_search_records_distinct_suggestions(ray_local, tiny_yaml, capsys):
+    config = tiny_yaml(train={"epochs": 1})
+    code = main(["--config", str(config), "--search", "optuna", "--techniques", "lora", "--trials", "3",
+                 "--name", "search"])
+    out = capsys.readouterr().out
+    assert code == 0
+    found = trials(run_dir_from(out))
+    lora = [t for t in found.values() if t["trial"]["technique"] == "lora"]
+    assert len(lora) == 3 and len([t for t in found.values() if t["trial"]["technique"] == "base"]) == 1
+    suggested = {json.dumps(t["trial"]["hp"], sort_keys=True) for t in lora}
+    assert len(suggested) == 3
+    for t in lora:
+        hp = read_json(t["folder"] / "config.json")["hp"]
+        assert 1e-4 <= hp["lr"] <= 3e-3 and hp["r"] in (4, 8, 16, 32)
+        assert t["status"]["status"] == "ok"
+
+
+PLUGIN = textwrap.dedent('''
+    """Third-party techniques for the tests, installed only through the entry-point group."""
+    from techniques.base import Choice, LogUniform, Technique
+    from techniques.lora import LoRA
+
+
+    class IA3(Technique):
+        name = "ia3"
+        description = "IA3: learned rescaling vectors (test plugin)"
+        defaults = {"lr": 1e-2}
+        search_space = {"lr": LogUniform(1e-3, 1e-1)}
+
+        def peft_config(self, hp, model, tokenizer):
+            from peft import IA3Config, TaskType
+
+            return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=["k_proj", "v_proj", "down_proj"],
+                             feedforward_modules=["down_proj"])
+
+
+    class Faulty(LoRA):
+        name = "faulty"
+        description = "LoRA that raises in its second epoch (fault injection)"
+
+        def after_wrap(self, model, hp, tokenizer):
+            calls = {"n": 0}
+
+            def hook(module, args, output):
+                if module.training:
+                    calls["n"] += 1
+                    if calls["n"] > 6:  # 48 pairs / batch 8 = 6 steps per epoch
+                        raise RuntimeError("injected fault in epoch 2")
+                return output
+
+            model.register_forward_hook(hook)
+''')
+
+
+@pytest.fixture()
+def plugin_path(tmp_path) -> Path:
+    root = tmp_path / "plugins"
+    root.mkdir()
+    (root / "peft_bench_test_plugins.py").write_text(PLUGIN)
+    info = root / "peft_bench_test_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: peft-bench-test-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[peft_bench.techniques]\nia3 = peft_bench_test_plugins:IA3\nfaulty = peft_bench_test_plugins:Faulty\n"
+    )
+    return root
+
+
+def cli(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
+    env = dict(os.environ, **(env_extra or {}))
+    return subprocess.Popen([sys.executable, str(ROOT / "run_benchmark.py"), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs)
+
+
+def test_entry_point_plugins_run_and_a_failing_trial_is_isolated(tiny_yaml, plugin_path):
+    config = tiny_yaml()
+    env = {"PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")])}
+    proc = cli(["--config", str(config), "--techniques", "ia3,faulty,lora", "--name", "plugins"], env)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    found = {t["trial"]["technique"]: t for t in trials(run_dir_from(out)).values()}
+    assert found["ia3"]["status"]["status"] == "ok" and len(found["ia3"]["rows"]) == 2
+    assert found["lora"]["status"]["status"] == "ok"
+    faulty = found["faulty"]["status"]
+    assert faulty["status"] == "failed" and "RuntimeError: injected fault in epoch 2" in faulty["error"]
+    assert [r["epoch"] for r in found["faulty"]["rows"]] == [1]  # the first epoch is kept
+    assert "faulty" in out and "failed: RuntimeError: injected fault in epoch 2" in out
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            pytest.fail("the run ended before it could be killed:\n" + proc.stdout.read())
+        time.sleep(0.2)
+    pytest.fail("timed out waiting for the run to make progress")
+
+
+def test_kill_9_then_resume_reaches_the_same_leaderboard(tiny_yaml, tmp_path):
+    config = tiny_yaml(train={"epochs": 3})
+    args = ["--config", str(config), "--techniques", "lora,prefix_tuning", "--max-concurrent", "1"]
+    reference = cli(args + ["--name", "reference"])
+    out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, out
+    expected = {t["trial"]["technique"]: t["rows"] for t in trials(run_dir_from(out)).values()}
+
+    victim = cli(args + ["--name", "victim"], start_new_session=True)
+    run_dir = tmp_path / "results" / "victim"
+
+    def lora_mid_training() -> bool:
+        rows = list(run_dir.glob("trials/*--lora--*/metrics.jsonl"))
+        return bool(rows) and len(read_jsonl(rows[0])) >= 1
+
+    wait_for(lora_mid_training, 300, victim)
+    os.killpg(victim.pid, signal.SIGKILL)  # the driver, Ray's services and the trial workers
+    victim.wait(timeout=30)
+    assert read_json(run_dir / "run.json")["status"] == "running"
+
+    resumed = cli(["--resume", str(run_dir)])
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    got = {t["trial"]["technique"]: t for t in trials(run_dir).values()}
+    assert sorted(got) == sorted(expected) and len(got) == 3  # no trial twice, none missing
+    for technique, rows in expected.items():
+        assert got[technique]["status"]["status"] == "ok"
+        resumed_rows = got[technique]["rows"]
+        assert [r["epoch"] for r in resumed_rows] == [r["epoch"] for r in rows]
+        for want, have in zip(rows, resumed_rows):
+            for key in ("eval_loss", "chrf", "bleu", "train_loss"):
+                if key in want:
+                    assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (technique, key)
+    assert read_json(run_dir / "run.json")["status"] == "finished"
