@@ -22,7 +22,8 @@ from harness.config import BenchConfig, config_from_dict
 from harness.devices import resolve_device
 from harness.errors import BenchError
 from harness.io import atomic_write_json, read_json
-from harness.models import EMBEDDED, ensure_embedded
+from harness.data import load_splits
+from harness.models import check_hub, resolve_source
 from harness.provenance import commit, versions
 from techniques import registry
 from techniques.base import Choice, IntRange, LogUniform, Space
@@ -244,11 +245,19 @@ def cluster_device(cfg: BenchConfig) -> tuple[str, int, int]:
     return device, cpus, gpus
 
 
-def prepare_models(models: list[str], cfg: BenchConfig) -> None:
-    """Convert embedded models once, before trials start, so concurrent trials never convert in parallel."""
-    for name in models:
-        if name in EMBEDDED:
-            ensure_embedded(name, cfg.model)
+def preflight(cfg: BenchConfig) -> list[Experiment]:
+    """Every check a user mistake can fail, before a run folder or a Ray cluster exists: techniques, data
+    files (columns, empty splits), the device, and each model (embedded models are converted here once, so
+    concurrent trials never convert in parallel)."""
+    experiments = plan(cfg)
+    load_splits(cfg.data)
+    if not cfg.run.ray_address:
+        resolve_device(cfg.run.device)
+    for name in cfg.run.models or [cfg.model.name]:
+        source, local = resolve_source(dataclasses.replace(cfg.model, name=name))
+        if not local:
+            check_hub(source, "model.name", revision=cfg.model.revision)
+    return experiments
 
 
 def build_tuner(exp: Experiment, cfg: BenchConfig, run_dir: Path, device: str, cpus: int, gpus: int) -> Any:
@@ -346,11 +355,9 @@ def run(cfg: BenchConfig, resume_dir: str | None = None) -> tuple[Path, int]:
         run_dir, meta, cfg = load_run(resume_dir)
     else:
         run_dir, meta = None, {}
-    experiments = plan(cfg)
+    experiments = preflight(cfg)
     start_ray(cfg)
     device, cpus, gpus = cluster_device(cfg)
-    models = cfg.run.models or [cfg.model.name]
-    prepare_models(models, cfg)
     if run_dir is None:
         run_dir = new_run_dir(cfg)
         meta = {"config": cfg.to_dict(), "created": time.time(), "command": sys.argv, "commit": commit(),
