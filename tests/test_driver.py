@@ -195,3 +195,23 @@ def test_kill_9_then_resume_reaches_the_same_leaderboard(tiny_yaml, tmp_path):
                 if key in want:
                     assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (technique, key)
     assert read_json(run_dir / "run.json")["status"] == "finished"
+
+
+def test_models_grid_gives_a_baseline_and_trial_per_model(ray_local, tiny_yaml, tiny_gemma, tiny_llama, capsys):
+    from harness import leaderboard
+
+    config = tiny_yaml(train={"epochs": 1})
+    code = main(["--config", str(config), "--models", f"{tiny_llama},{tiny_gemma}", "--techniques", "lora",
+                 "--name", "models"])
+    out = capsys.readouterr().out
+    assert code == 0
+    run_dir = run_dir_from(out)
+    found = [t["trial"] for t in trials(run_dir).values()]
+    assert sorted((t["model"], t["technique"]) for t in found) == sorted(
+        (str(m), t) for m in (tiny_llama, tiny_gemma) for t in ("base", "lora"))
+    assert out.count("model: ") == 2  # grouped by base model
+    assert leaderboard.main([str(run_dir), "--model", str(tiny_gemma)]) == 0
+    shown = capsys.readouterr().out
+    assert str(tiny_gemma) in shown and f"model: {tiny_llama}" not in shown
+    best = read_json(run_dir.parent / "best.json")
+    assert {e["model"] for e in best["by_model_dataset"].values()} >= {str(tiny_llama), str(tiny_gemma)}
