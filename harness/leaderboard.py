@@ -50,7 +50,7 @@ class Board:
         headers = ["#", "model", "technique", "hyper-parameters", "trainable", "% of base", "epochs", "best ep",
                    "eval loss", "eval ppl", "BLEU", "chrF", "chrF++", "train s", "tok/s", "peak MB", "weights MB",
                    "device", "status"]
-        return tabulate(shown.values.tolist(), headers=headers, tablefmt=fmt, floatfmt=".2f", missingval="-")
+        return tabulate(_cells(shown), headers=headers, tablefmt=fmt, floatfmt=".2f", missingval="-")
 
     def render(self, model: str | None = None, fmt: str = "simple") -> str:
         """The ranked table per model (grouped when a run compares base models), then the footer."""
@@ -73,8 +73,13 @@ class Board:
             return "(no epochs recorded)\n"
         headers = ["model", "technique", "hyper-parameters", "epoch", "train loss", "eval loss", "eval ppl",
                    "val BLEU", "val chrF"]
-        return tabulate(self.epochs[cols].values.tolist(), headers=headers, tablefmt=fmt, floatfmt=".3f",
+        return tabulate(_cells(self.epochs[cols]), headers=headers, tablefmt=fmt, floatfmt=".3f",
                         missingval="-") + "\n"
+
+
+def _cells(frame: pd.DataFrame) -> list[list[Any]]:
+    """Rows for tabulate with NaN as None, which tabulate prints as its missing value ('-')."""
+    return [[None if isinstance(v, float) and math.isnan(v) else v for v in row] for row in frame.values.tolist()]
 
 
 def _count(n: Any) -> str:
@@ -122,7 +127,7 @@ def trial_row(folder: Path, metric: str) -> tuple[dict[str, Any], list[dict[str,
         "dtype": config.get("dtype"),
         "status": status.get("status", "running"),
         "error": status.get("error", ""),
-        "adapter": str(folder / "adapter") if (folder / "adapter" / "adapter_config.json").is_file() else "",
+        "adapter": str((folder / "adapter").resolve()) if (folder / "adapter" / "adapter_config.json").is_file() else "",
         "test_size": test.get("test_size"),
         "test_set": test.get("test_set"),
         "signatures": test.get("signatures", {}),
@@ -191,8 +196,13 @@ def write_files(board: Board, run_dir: Path) -> None:
 # ---------------------------------------------------------------------------------------- best adapters
 
 
+def _number(v: Any) -> float | None:
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
 def _better(a: float | None, b: float | None, metric: str) -> bool:
-    if a is None or (isinstance(a, float) and math.isnan(a)):
+    a, b = _number(a), _number(b)
+    if a is None:
         return False
     if b is None:
         return True
@@ -207,12 +217,14 @@ def update_best(board: Board, results_dir: Path) -> dict[str, Any]:
     candidates = board.frame[(board.frame["status"].isin(["ok", "stopped"])) & (board.frame["adapter"] != "")]
     for _, row in candidates.iterrows():
         entry = {
-            "metric": metric, "value": row[metric if metric != "eval_loss" else "eval_loss"],
+            "metric": metric, "value": _number(row[metric]),
             "model": row["model"], "technique": row["technique"], "params": row["params"],
-            "adapter": row["adapter"], "run": row["run"], "trial": row["trial"], "bleu": row["bleu"],
-            "chrf": row["chrf"], "eval_loss": row["eval_loss"], "dataset": row["dataset"],
-            "dataset_sha256": row["dataset_sha256"], "test_size": row["test_size"], "updated": time.time(),
+            "adapter": row["adapter"], "run": row["run"], "trial": row["trial"], "bleu": _number(row["bleu"]),
+            "chrf": _number(row["chrf"]), "eval_loss": _number(row["eval_loss"]), "dataset": row["dataset"],
+            "dataset_sha256": row["dataset_sha256"], "test_size": _number(row["test_size"]), "updated": time.time(),
         }
+        if entry["value"] is None:
+            continue
         key = f"{row['model']}|{row['dataset']}|{row['dataset_sha256']}"
         current = registry["by_model_dataset"].get(key)
         stale = current is not None and not Path(current["adapter"]).exists()

@@ -122,7 +122,11 @@ def _plot_epoch_metric(ax: Axes, board: Any, column: str, title: str, ylabel: st
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    shown = sorted({int(e) for e in _numbers(epochs["epoch"]).dropna()})
+    if len(shown) <= 20:  # whole epochs only, also when a trial has just one
+        ax.set_xticks(shown)
+    else:
+        ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend(fontsize="small")
 
 
@@ -210,7 +214,7 @@ def read_examples(trial_dir: Path, limit: int = EXAMPLES_PER_TRIAL) -> list[tupl
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines()[1:]:
+    for line in path.read_text(encoding="utf-8").split("\n")[1:]:
         if not line.strip():
             continue
         cells = (line.split("\t") + ["", "", ""])[:3]

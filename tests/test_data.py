@@ -128,11 +128,12 @@ def test_labels_cover_target_and_eos_only(tokenizer):
 
 def test_truncation_and_dropping(tokenizer):
     long = Pair("Short.", " ".join(["uzun"] * 60))
-    cfg = DataConfig(max_seq_length=24)  # the tiny tokenizer spends 19 tokens on this prompt
+    prompt = len(tokenizer(DataConfig().prompt_template.format(source="Short."))["input_ids"])
+    cfg = DataConfig(max_seq_length=prompt + 5)
     enc = encode([long], tokenizer, cfg)
-    assert len(enc.input_ids[0]) == 24 and enc.prompt_lengths[0] == 19
+    assert len(enc.input_ids[0]) == prompt + 5 and enc.prompt_lengths[0] == prompt
     assert enc.labels(0)[-1] != tokenizer.eos_token_id  # cut on the right
-    too_long_prompt = Pair(" ".join(["word"] * 30), "kelime")
+    too_long_prompt = Pair(" ".join(["word"] * (prompt + 5)), "kelime")
     enc = encode([too_long_prompt, long], tokenizer, cfg)
     assert len(enc) == 1 and enc.dropped == 1
 
