@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.config import DataConfig, EvalConfig
 from harness.data import Encoded, Pair, build_prompt, iterate_batches
@@ -71,6 +72,16 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     return cached
 
 
+class RowLimit(StoppingCriteria):
+    """Stops each row at its own number of new tokens (HF generate marks a row finished when True)."""
+
+    def __init__(self, caps: Sequence[int], prompt_width: int, num_beams: int = 1):
+        self.limits = torch.tensor([c for c in caps for _ in range(num_beams)]) + prompt_width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        return (input_ids.shape[1] >= self.limits.to(input_ids.device)).to(torch.bool)
+
+
 def translate(
     model: Any,
     tokenizer: Any,
@@ -104,14 +115,17 @@ def translate(
         for idx in tqdm(batches, desc="translate", disable=not progress, leave=False):
             enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True,
                             add_special_tokens=not data_cfg.use_chat_template).to(device)
-            # A translation is never 3x longer than its source: this stops a rambling model early.
-            cap = min(max_new_tokens, 3 * max(source_lengths[i] for i in idx) + 8)
+            # A translation is never 3x longer than its source: each row gets its own cap, so a rambling
+            # model stops early and a sentence's output does not depend on the batch it lands in.
+            caps = [min(max_new_tokens, 3 * source_lengths[i] + 8) for i in idx]
+            width = enc["input_ids"].shape[1]
             with torch.inference_mode():
                 out = model.generate(
-                    **enc, max_new_tokens=cap, eos_token_id=stop,
-                    pad_token_id=tokenizer.pad_token_id, **generation,
+                    **enc, max_new_tokens=max(caps), eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
+                    stopping_criteria=StoppingCriteriaList([RowLimit(caps, width, num_beams)]), **generation,
                 )
-            texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            new_tokens = [row[width: width + cap] for row, cap in zip(out[:, :], caps)]
+            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 outputs[i] = text.strip().split("\n", 1)[0].strip()
     finally:

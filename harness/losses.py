@@ -30,15 +30,39 @@ def _base_forward(model: Any) -> Any:
     return type(base).forward
 
 
+def _decoder(model: Any) -> Any:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    getter = getattr(base, "get_decoder", None)
+    return getter() if callable(getter) else None
+
+
 def final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Final (post-norm) hidden states aligned with `input_ids`; the model itself computes no logits."""
-    kwargs: dict[str, Any] = {"output_hidden_states": True, "use_cache": False}
+    """Final (post-norm) hidden states aligned with `input_ids`; the model itself computes no logits.
+
+    The decoder's output is caught with a forward hook, so no other layer's hidden states are kept (asking
+    the model for `output_hidden_states` would hold every layer's, which costs memory in the eval pass)."""
+    kwargs: dict[str, Any] = {"use_cache": False}
     if _accepts_logits_to_keep(_base_forward(model)):
         # An empty index tensor: the model computes no logits at all (an int 0 would mean "all positions").
         kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=input_ids.device)
-    out = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+    decoder = _decoder(model)
+    if decoder is None:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
+        hidden = out.hidden_states[-1]
+    else:
+        caught: list[torch.Tensor] = []
+
+        def hook(module: Any, args: Any, output: Any) -> None:
+            caught.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+
+        handle = decoder.register_forward_hook(hook)
+        try:
+            model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        finally:
+            handle.remove()
+        hidden = caught[-1]
     # Soft prompts are prepended as virtual tokens: the last T positions belong to the real input.
-    return out.hidden_states[-1][:, -input_ids.shape[1]:]
+    return hidden[:, -input_ids.shape[1]:]
 
 
 def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from harness import checkpoint as ckpt
 from harness.config import BenchConfig
-from harness.data import Encoded, Pair, encode_cached, iterate_batches, load_splits, sample
+from harness.data import Encoded, Pair, batch_indices, collate, encode_cached, load_splits, sample
 from harness.devices import dtype_name, peak_memory_mb, reset_peak_memory, set_threads
 from harness.evaluation import evaluate_epoch, evaluate_test, perplexity
 from harness.io import atomic_write_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
@@ -306,7 +306,8 @@ def train_one_epoch(
 ) -> dict[str, Any]:
     """Optimizer steps over one epoch (or until max_steps / the time budget). Updates `progress`."""
     cfg = spec.config.train
-    batches = list(iterate_batches(train, cfg.batch_size, pad_id, cfg.seed, epoch, cfg.group_by_length))
+    # Index batches only; tensors are built per step (a large dataset never sits in memory as tensors).
+    batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
     groups = [batches[i: i + cfg.gradient_accumulation_steps]
               for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
     loss_sum = 0.0
@@ -320,6 +321,7 @@ def train_one_epoch(
             stop = "max_steps"
             break
         start = time.perf_counter()
+        group = [collate(train, indices, pad_id) for indices in group]
         # Token-weighted mean over the whole accumulation group, so accumulation equals one big batch.
         group_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
         group_loss = 0.0

@@ -72,11 +72,10 @@ class NanAfter(LoRA):
             if module.training:
                 calls["n"] += 1
                 if calls["n"] > 4:  # 4 steps per epoch here: epoch 2 goes NaN
-                    output.logits.fill_(float("nan")) if output.logits is not None else None
-                    output.hidden_states[-1].mul_(float("nan"))
+                    output.last_hidden_state = output.last_hidden_state * float("nan")
             return output
 
-        model.register_forward_hook(hook)
+        model.get_base_model().get_decoder().register_forward_hook(hook)
 
 
 def test_nan_loss_marks_diverged_and_keeps_earlier_epochs(tmp_path, tiny_llama):
