@@ -250,6 +250,14 @@ def preflight(cfg: BenchConfig) -> list[Experiment]:
     files (columns, empty splits), the device, and each model (embedded models are converted here once, so
     concurrent trials never convert in parallel)."""
     experiments = plan(cfg)
+    if cfg.eval.num_beams > 1:
+        for name in sorted({t for exp in experiments for t in exp.techniques}):
+            if not registry.get(name).beam_search:
+                raise BenchError(
+                    f"eval.num_beams={cfg.eval.num_beams} with technique '{name}': beam search is not available "
+                    f"for {name}, because peft's generate gives wrong tokens for it (the harness's greedy "
+                    f"decoding is exact). Fix: set eval.num_beams=1, or leave {name} out of --techniques."
+                )
     load_splits(cfg.data)
     if not cfg.run.ray_address:
         resolve_device(cfg.run.device)

@@ -49,6 +49,8 @@ class Technique:
     defaults: ClassVar[Mapping[str, Any]]
     search_space: ClassVar[Mapping[str, Space]]
     trains: ClassVar[bool] = True
+    # Whether translation can use beam search / sampling (HF generate); False keeps it to exact greedy decoding.
+    beam_search: ClassVar[bool] = True
 
     def model_overrides(self, hp: Mapping[str, Any]) -> dict[str, Any]:
         """Changes to the model-loading config this technique needs (QLoRA: a 4-bit base)."""

@@ -12,6 +12,7 @@ class PrefixTuning(Technique):
     name = "prefix_tuning"
     description = "Prefix tuning: trainable key/value vectors prepended at every attention layer."
     aliases = ("prefix",)
+    beam_search = False  # peft's generate mis-handles prefixes; translations use the exact greedy decoder
     defaults: Mapping[str, Any] = {
         "lr": 3e-3,
         "num_virtual_tokens": 20,

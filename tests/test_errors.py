@@ -36,6 +36,8 @@ def run_cli(args, capsys) -> tuple[int, str]:
      "the hub cannot be reached (offline?)"),
     (["--set", "model.name=Qwen/Qwen2.5-0.5B-Instruct"], "the hub cannot be reached (offline?). Use a local path"),
     (["--set", "model.name=/no/such/model"], "model.name: '/no/such/model' is not an embedded model"),
+    (["--techniques", "lora,prefix_tuning", "--set", "eval.num_beams=4"],
+     "eval.num_beams=4 with technique 'prefix_tuning': beam search is not available"),
     (["--resume", "results"], "--resume: 'results' is not a run folder (it has no run.json)"),
     (["--resume", "results", "--techniques", "lora"], "--resume: a resumed run keeps its own config"),
 ])

@@ -41,3 +41,61 @@ def test_batched_generation_equals_one_at_a_time(tiny):
     assert batched == single
     assert all("\n" not in h for h in batched)
     assert translate(tiny.model, tiny.tokenizer, [], cfg) == []
+
+
+@pytest.mark.parametrize("name", ["lora", "prefix_tuning", "soft_prompting"])
+def test_cached_greedy_decoding_equals_full_recomputation(name, tiny_llama, tiny_gemma):
+    """Our KV-cached greedy loop gives the tokens that recomputing the whole sequence every step gives, for
+    weight adapters and for prompt-learning adapters (whose cached generate in peft is wrong), and rows of a
+    batch do not influence each other."""
+    import torch
+
+    from harness.evaluation import greedy_generate, stop_token_ids
+    from techniques import registry
+
+    sources = ["Good morning.", "Where is the station, please?", "Thanks."]
+    for model_dir in (tiny_llama, tiny_gemma):
+        loaded = load_model(ModelConfig(name=str(model_dir)), "cpu")
+        tech = registry.get(name)
+        hp = dict(tech.defaults, num_virtual_tokens=4, init_text="")
+        torch.manual_seed(0)
+        model = tech.wrap(loaded.model, hp, loaded.tokenizer)
+        with torch.no_grad():  # a non-zero adapter, so that it matters
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    p.normal_(0, 0.5)
+        model.eval()
+        tok = loaded.tokenizer
+        tok.padding_side = "left"
+        prompts = [DataConfig().prompt_template.format(source=s) for s in sources]
+        enc = tok(prompts, return_tensors="pt", padding=True)
+        stop = stop_token_ids(tok)
+        with torch.inference_mode():
+            ours = greedy_generate(model, enc["input_ids"], enc["attention_mask"], [12] * 3, stop)
+            for i, prompt in enumerate(prompts):
+                one = tok([prompt], return_tensors="pt")
+                ids, ref = one["input_ids"], []
+                for _ in range(12):  # the training-time forward over the whole sequence, every step
+                    token = int(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, -1].argmax())
+                    ref.append(token)
+                    if token in stop:
+                        break
+                    ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+                single = greedy_generate(model, one["input_ids"], one["attention_mask"], [12], stop)[0]
+                assert single == ref, (name, model_dir.name, i)
+                assert ours[i] == single, (name, model_dir.name, i)
+
+
+def test_beam_search_on_a_prefix_adapter_is_refused_with_the_fix(tiny_gemma):
+    import torch
+
+    from harness.errors import BenchError
+    from techniques import registry
+
+    tech = registry.get("prefix_tuning")
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(name=str(tiny_gemma)), "cpu")
+    model = tech.wrap(loaded.model, dict(tech.defaults, num_virtual_tokens=4), loaded.tokenizer)
+    with pytest.raises(BenchError, match=r"num_beams=2: beam search .* Fix: use greedy decoding"):
+        translate(model, loaded.tokenizer, ["Hello."], DataConfig(), num_beams=2)
+    assert len(translate(model, loaded.tokenizer, ["Hello."], DataConfig(), max_new_tokens=4)) == 1
