@@ -45,10 +45,10 @@ the harness wins by doing less work, not by faster arithmetic.
 
 Evaluation: sentences/s of harness.evaluation.translate (batched, sorted by length, left-padded, KV cache) next
 to a loop that calls model.generate once per prompt, with the same greedy settings, stop tokens
-(harness.evaluation.stop_token_ids) and cap rule (min(max_new_tokens, 3 x source tokens + 8); translate applies
-it per batch with the batch's longest source, the loop per sentence), on the same first N sentences of the test
-split, after one untimed warm-up generation; plus how many of the outputs are identical (and how many of the
-differing ones differ only in where the cap cut them: one output a prefix of the other).
+(harness.evaluation.stop_token_ids) and cap rule (min(max_new_tokens, 3 x source tokens + 8), per sentence in
+both), on the same first N sentences of the test split, after one untimed warm-up generation; plus how many
+of the outputs are identical (and how many of the differing ones differ only in where the cap cut them: one
+output a prefix of the other).
 
 The numbers are printed (and written as JSON with --json), never asserted: they depend on the machine and on
 whatever else runs on it.
@@ -573,7 +573,7 @@ def eval_report(ev: EvalMeasurement) -> str:
              f"(max_new_tokens {ev.max_new_tokens}); identical outputs: {ev.identical}/{ev.sentences}")
     if ev.identical < ev.sentences:
         text += (f" ({ev.prefix_only} of the {ev.sentences - ev.identical} differences are one output being a "
-                 "prefix of the other: most likely the per-batch vs per-sentence cap, not numerics)")
+                 "prefix of the other: a cap difference, not numerics)")
     for d in ev.differing:
         text += f"\n  differs: {d['source']!r}\n    batched: {d['batched']!r}\n    single:  {d['single']!r}"
     return text

@@ -109,7 +109,7 @@ class EvalConfig:
     test_samples: int = 100  # test sentences translated once, with the best epoch's adapter (leaderboard)
     batch_size: int = 32  # teacher-forced eval-loss batches
     generation_batch_size: int = 64  # larger batches amortise reading the weights at every decoding step
-    max_new_tokens: int = 64  # also capped per batch at 3x the longest source + 8 tokens
+    max_new_tokens: int = 64  # each sentence is also capped at 3x its source tokens + 8
     num_beams: int = 1
 
 

@@ -277,6 +277,8 @@ def evaluate_epoch(
         "chrf": scores.chrf,
         "chrf_pp": scores.chrf_pp,
         "eval_seconds": round(loss_seconds + gen_seconds, 2),
+        "eval_loss_seconds": round(loss_seconds, 2),
+        "generation_seconds": round(gen_seconds, 2),
         "validation_sentences_per_s": round(scores.n / gen_seconds, 2) if gen_seconds > 0 else None,
     }
 
