@@ -161,9 +161,10 @@ def check_hub(repo_id: str, field: str, repo_type: str = "model", revision: str 
         return
     offline = (
         f"{field}: '{repo_id}' is not in the local Hugging Face cache and the hub cannot be reached "
-        "(offline?). Use a local path or one of the embedded {alternatives}, or run once with network access."
+        "(offline?). Use a local path or {alternatives}, or run once with network access."
     )
-    alternatives = f"models ({', '.join(EMBEDDED)})" if repo_type == "model" else "corpus (data.dataset=embedded)"
+    alternatives = (f"one of the embedded models ({', '.join(EMBEDDED)})" if repo_type == "model"
+                    else "the embedded corpus (data.dataset=embedded)")
     if constants.HF_HUB_OFFLINE:
         raise BenchError(offline.format(alternatives=alternatives) + " HF_HUB_OFFLINE is set.")
     try:
