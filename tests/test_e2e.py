@@ -13,8 +13,8 @@ from techniques import registry
 
 @pytest.mark.slow
 def test_lora_on_gemma_beats_the_zero_shot_baseline(tmp_path):
-    cfg = load_config("quick", ["data.max_train_samples=64", "train.batch_size=8", "train.epochs=2",
-                                "eval.validation_samples=8", "eval.test_samples=24", "data.max_validation_samples=16",
+    cfg = load_config("quick", ["data.max_train_samples=48", "train.batch_size=8", "train.epochs=2",
+                                "eval.validation_samples=4", "eval.test_samples=24", "data.max_validation_samples=8",
                                 "eval.max_new_tokens=48"])
     scores = {}
     for name in ("base", "lora"):
