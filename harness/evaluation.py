@@ -194,7 +194,8 @@ def translate(
     if sampling.get("temperature") or sampling.get("top_k") or sampling.get("top_p"):
         generation = {"do_sample": True, "num_beams": num_beams,
                       **{k: v for k, v in sampling.items() if v is not None}}
-    if (generation["do_sample"] or num_beams > 1) and has_prefix_adapter(model):
+    use_generate = generation["do_sample"] or num_beams > 1  # greedy decoding uses greedy_generate
+    if use_generate and has_prefix_adapter(model):
         raise BenchError(
             f"num_beams={num_beams}{' with sampling' if generation['do_sample'] else ''}: beam search and "
             "sampling are not available for a prefix-tuning adapter, because peft's generate gives wrong tokens "
@@ -214,7 +215,7 @@ def translate(
             caps = [min(max_new_tokens, 3 * source_lengths[i] + 8) for i in idx]
             width = enc["input_ids"].shape[1]
             with torch.inference_mode():
-                if generation["do_sample"] or num_beams > 1:
+                if use_generate:
                     out = model.generate(
                         **enc, max_new_tokens=max(caps), eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,
                         stopping_criteria=StoppingCriteriaList([RowLimit(caps, width, num_beams)]),
