@@ -82,7 +82,8 @@ from harness.io import atomic_write_json
 from harness.losses import target_loss
 from harness.models import load_model, load_tokenizer, resolve_source
 from harness.provenance import commit, versions
-from harness.training import TrialSpec, resolve_hyperparameters, train_one_epoch
+from harness.packing import make_batch
+from harness.training import TrialSpec, resolve_hyperparameters, train_one_epoch, uses_packing
 from techniques import registry
 
 log = logging.getLogger("benchmarks.throughput")
@@ -428,7 +429,8 @@ def run_harness(setup: Setup) -> Measurement:
     train_cfg = dataclasses.replace(setup.cfg.train, gradient_accumulation_steps=1, group_by_length=True,
                                     log_steps=1, save_steps=None, time_budget_s=None, max_steps=None)
     cfg = dataclasses.replace(setup.cfg, train=train_cfg)
-    counted = to_device(collate(setup.enc, setup.measured[0], tokenizer.pad_token_id), device)
+    packed = uses_packing(model, cfg.train.packing)
+    counted = to_device(make_batch(setup.enc, setup.measured[0], tokenizer.pad_token_id, packed), device)
 
     def forward_backward() -> None:
         loss, n = target_loss(model, counted)
@@ -454,10 +456,11 @@ def run_harness(setup: Setup) -> Measurement:
     return Measurement(
         "harness", steps, ends[-1] - ends[1] if len(ends) == steps + 2 else float("nan"),
         sum(setup.useful_tokens(b) for b in setup.measured), sum(setup.nonpad_tokens(b) for b in setup.measured),
-        sum(len(b) * setup.longest(b) for b in setup.measured), flops, counted["input_ids"].numel(),
-        useful_tokens_seen=seen, losses=[float(e["loss"]) for e in step_log],
+        sum(setup.nonpad_tokens(b) if packed else len(b) * setup.longest(b) for b in setup.measured), flops,
+        counted["input_ids"].numel(), useful_tokens_seen=seen, losses=[float(e["loss"]) for e in step_log],
         extra={"warmup_seconds": ends[1] - ends[0] if len(ends) > 1 else None,
-               "train_one_epoch_step_seconds": stats.get("seconds"), "steps_done": progress["step"]},
+               "train_one_epoch_step_seconds": stats.get("seconds"), "steps_done": progress["step"],
+               "packed_batches": packed},
     )
 
 

@@ -98,6 +98,7 @@ class TrainConfig:
     save_steps: int | None = None  # adapter snapshot every N steps (besides every epoch end)
     seed: int = 42
     group_by_length: bool = True
+    packing: bool = True  # padding-free batches (LoRA/QLoRA); prompt-learning techniques keep padded ones
     divergence_factor: float = 1.5  # stop when eval loss exceeds the best so far by this factor
 
 

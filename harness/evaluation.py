@@ -19,9 +19,11 @@ from tqdm.auto import tqdm
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.config import DataConfig, EvalConfig
-from harness.data import Encoded, Pair, build_prompt, iterate_batches
+from harness.data import Encoded, Pair, batch_indices, build_prompt
 from harness.errors import BenchError
 from harness.losses import target_loss
+from harness.merging import merged_lora
+from harness.packing import is_prompt_learning, make_batch, packing_unsupported
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +38,15 @@ class Scores:
 
 
 def eval_loss(model: Any, enc: Encoded, batch_size: int, pad_id: int, device: str) -> tuple[float, float]:
-    """Token-weighted mean cross-entropy over target tokens, and its perplexity."""
+    """Token-weighted mean cross-entropy over target tokens, and its perplexity (packed batches where the
+    model allows: the same numbers with no padding computed)."""
     was_training = model.training
     model.eval()
     total, tokens = 0.0, 0
+    packed = packing_unsupported(model) is None
     with torch.inference_mode():
-        for batch in iterate_batches(enc, batch_size, pad_id, 0, 0, group_by_length=True, shuffle=False):
+        for indices in batch_indices(enc.lengths(), batch_size, 0, 0, group_by_length=True, shuffle=False):
+            batch = make_batch(enc, indices, pad_id, packed)
             loss, n = target_loss(model, {k: v.to(device) for k, v in batch.items()})
             total += float(loss)
             tokens += n
@@ -72,12 +77,6 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     cached = sorted(i for i in ids if i is not None)
     tokenizer._peft_bench_stop_ids = cached
     return cached
-
-
-def is_prompt_learning(model: Any) -> bool:
-    """Prefix tuning / soft prompts: the adapter acts through extra positions, not modified weights."""
-    config = getattr(model, "active_peft_config", None)
-    return bool(config is not None and config.is_prompt_learning)
 
 
 def has_prefix_adapter(model: Any) -> bool:
@@ -214,7 +213,7 @@ def translate(
             # model stops early and a sentence's output does not depend on the batch it lands in.
             caps = [min(max_new_tokens, 3 * source_lengths[i] + 8) for i in idx]
             width = enc["input_ids"].shape[1]
-            with torch.inference_mode():
+            with merged_lora(model), torch.inference_mode():
                 if use_generate:
                     out = model.generate(
                         **enc, max_new_tokens=max(caps), eos_token_id=stop, pad_token_id=tokenizer.pad_token_id,

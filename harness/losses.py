@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from harness import packing
 from harness.data import IGNORE_INDEX
 
 
@@ -36,12 +37,14 @@ def _decoder(model: Any) -> Any:
     return getter() if callable(getter) else None
 
 
-def final_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+def final_hidden(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **extra: Any
+) -> torch.Tensor:
     """Final (post-norm) hidden states aligned with `input_ids`; the model itself computes no logits.
 
     The decoder's output is caught with a forward hook, so no other layer's hidden states are kept (asking
     the model for `output_hidden_states` would hold every layer's, which costs memory in the eval pass)."""
-    kwargs: dict[str, Any] = {"use_cache": False}
+    kwargs: dict[str, Any] = {"use_cache": False, **extra}
     if _accepts_logits_to_keep(_base_forward(model)):
         # An empty index tensor: the model computes no logits at all (an int 0 would mean "all positions").
         kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=input_ids.device)
@@ -78,7 +81,11 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     """(sum of token cross-entropies over target positions, number of target tokens)."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
+    if packing.PACKED_KEY in batch:
+        with packing.packed_attention(model):
+            hidden = final_hidden(model, batch["input_ids"], None, **packing.model_kwargs(batch))[:, :-1]
+    else:
+        hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
     logits = head_logits(model, hidden[mask])
     loss = F.cross_entropy(logits.float(), labels[mask], reduction="sum")
     return loss, int(mask.sum())

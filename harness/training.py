@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 
 from harness import checkpoint as ckpt
 from harness.config import BenchConfig
-from harness.data import Encoded, Pair, batch_indices, collate, encode_cached, load_splits, sample
+from harness.data import Encoded, Pair, batch_indices, encode_cached, load_splits, sample
 from harness.devices import dtype_name, peak_memory_mb, reset_peak_memory, set_threads
 from harness.evaluation import evaluate_epoch, evaluate_test, perplexity
 from harness.io import atomic_write_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
 from harness.losses import target_loss
 from harness.models import cache_root, count_parameters, load_model, weight_memory_mb
+from harness.packing import make_batch, packing_unsupported
 from harness.provenance import commit, versions
 from techniques import registry
 from techniques.base import Technique
@@ -148,6 +149,8 @@ def trial_record(spec: TrialSpec, technique: Technique, loaded: Any, model: Any,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
         "weight_memory_mb": round(weight_memory_mb(model), 1),
+        "packed_batches": uses_packing(model, spec.config.train.packing),
+        "packing_note": packing_unsupported(model),
         "data": data.provenance,
         "versions": versions(),
         "commit": commit(),
@@ -310,6 +313,7 @@ def train_one_epoch(
     batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
     groups = [batches[i: i + cfg.gradient_accumulation_steps]
               for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
+    packed = uses_packing(model, cfg.packing)
     loss_sum = 0.0
     target_tokens = tokens = 0
     seconds = 0.0
@@ -321,7 +325,7 @@ def train_one_epoch(
             stop = "max_steps"
             break
         start = time.perf_counter()
-        group = [collate(train, indices, pad_id) for indices in group]
+        group = [make_batch(train, indices, pad_id, packed) for indices in group]
         # Token-weighted mean over the whole accumulation group, so accumulation equals one big batch.
         group_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
         group_loss = 0.0
@@ -367,6 +371,11 @@ def train_one_epoch(
     mean = loss_sum / max(target_tokens, 1)
     return {"finite": True, "loss": mean, "target_tokens": target_tokens, "tokens": tokens, "seconds": seconds,
             "stop": stop}
+
+
+def uses_packing(model: Any, wanted: bool) -> bool:
+    """Packed (padding-free) batches when the config asks for them and the model and technique allow it."""
+    return wanted and packing_unsupported(model) is None
 
 
 def is_diverged(row: dict[str, Any], earlier: list[dict[str, Any]], factor: float) -> bool:

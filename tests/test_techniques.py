@@ -67,6 +67,9 @@ def test_technique_overfits_a_fixed_batch_and_trains_only_its_parameters(name, t
         pairs = [Pair("Good morning.", "Günaydın."), Pair("Thank you very much.", "Çok teşekkür ederim.")]
         batch = collate(encode(pairs, loaded.tokenizer, cfg.data), [0, 1], loaded.tokenizer.pad_token_id)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp["lr"])
+        # Training mode, as in run_trial (bitsandbytes re-packs 4-bit weights in place for inference on CPUs
+        # with AVX512-BF16, which would show here as a changed frozen tensor).
+        model.train()
         losses = []
         for _ in range(30):
             loss, n = target_loss(model, batch)
