@@ -46,8 +46,9 @@ the harness wins by doing less work, not by faster arithmetic.
 Evaluation: sentences/s of harness.evaluation.translate (batched, sorted by length, left-padded, KV cache) next
 to a loop that calls model.generate once per prompt, with the same greedy settings, stop tokens
 (harness.evaluation.stop_token_ids) and cap rule (min(max_new_tokens, 3 x source tokens + 8), per sentence in
-both), on the same first N sentences of the test split, after one untimed warm-up generation; plus how many
-of the outputs are identical (and how many of the differing ones differ only in where the cap cut them: one
+both), on the same first N sentences of the test split, after one untimed warm-up generation. The adapter is
+given small random weights first (a fresh LoRA adapter computes nothing), so that translate()'s LoRA folded into
+the weights is compared with peft's unmerged layers. Reported: how many of the outputs are identical (and how many of the differing ones differ only in where the cap cut them: one
 output a prefix of the other).
 
 The numbers are printed (and written as JSON with --json), never asserted: they depend on the machine and on
@@ -74,16 +75,28 @@ import torch
 from transformers import TrainerCallback
 
 from harness.config import BenchConfig, load_config
-from harness.data import Encoded, Pair, batch_indices, build_prompt, collate, encode, load_splits
+from harness.data import (
+    Encoded,
+    Pair,
+    batch_indices,
+    build_prompt,
+    encode,
+    load_splits,
+)
 from harness.devices import dtype_name, resolve_device, set_threads
 from harness.errors import BenchError
 from harness.evaluation import stop_token_ids, translate
 from harness.io import atomic_write_json
 from harness.losses import target_loss
 from harness.models import load_model, load_tokenizer, resolve_source
-from harness.provenance import commit, versions
 from harness.packing import make_batch
-from harness.training import TrialSpec, resolve_hyperparameters, train_one_epoch, uses_packing
+from harness.provenance import commit, versions
+from harness.training import (
+    TrialSpec,
+    resolve_hyperparameters,
+    train_one_epoch,
+    uses_packing,
+)
 from techniques import registry
 
 log = logging.getLogger("benchmarks.throughput")
@@ -491,9 +504,20 @@ def generate_one_by_one(model: Any, tokenizer: Any, sources: Sequence[str], setu
     return outputs
 
 
+def give_adapter_weight(model: Any, seed: int) -> None:
+    """A fresh LoRA adapter (B = 0) is the base model, which would make "identical outputs" say nothing about
+    the adapter: trainable tensors that are all zeros get small seeded random values instead."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad and not param.any():
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.02)
+
+
 def run_eval(setup: Setup, batch_size: int) -> EvalMeasurement:
     """Sentences/s of translate() (batched) and of one generate call per sentence, and their agreement."""
     model, tokenizer = load_wrapped(setup)
+    give_adapter_weight(model, setup.cfg.train.seed)
     sources = [p.source for p in setup.test]
     max_new_tokens = setup.cfg.eval.max_new_tokens
     generate_one_by_one(model, tokenizer, sources[:1], setup)  # warm-up, not timed

@@ -6,7 +6,6 @@ BLEU/chrF come from generated text, never from teacher-forced argmax tokens (whi
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -20,6 +19,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 
 from harness.config import DataConfig, EvalConfig
 from harness.data import Encoded, Pair, batch_indices, build_prompt
+from harness.decoding import greedy_generate, has_prefix_adapter
 from harness.errors import BenchError
 from harness.losses import target_loss
 from harness.merging import merged_lora
@@ -77,85 +77,6 @@ def stop_token_ids(tokenizer: Any) -> list[int]:
     cached = sorted(i for i in ids if i is not None)
     tokenizer._peft_bench_stop_ids = cached
     return cached
-
-
-def has_prefix_adapter(model: Any) -> bool:
-    return is_prompt_learning(model) and model.active_peft_config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
-
-
-def _cache_argument(model: Any) -> str:
-    """transformers 5.x renames `past_key_values` to `cache`; use whichever the installed model takes."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
-
-def _output_cache(out: Any) -> Any:
-    cache = getattr(out, "cache", None)
-    return cache if cache is not None else out.past_key_values
-
-
-def _prefill(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, cache_name: str
-) -> tuple[Any, torch.Tensor]:
-    """The prompt step: returns the model output and the attention mask over everything now in the cache.
-
-    Position ids skip left padding, so a row decodes as it would alone. peft ignores position ids for
-    prompt-learning methods, so their virtual tokens are injected here the way peft's forward does it
-    (prefix key/values as the initial cache, or soft-prompt embeddings before the input), positions added."""
-    positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    common = {"use_cache": True, "logits_to_keep": 1}
-    if not is_prompt_learning(model):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, **common)
-        return out, attention_mask
-    config, batch = model.active_peft_config, input_ids.shape[0]
-    n = config.num_virtual_tokens
-    mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], dim=1)
-    base = model.get_base_model()
-    if has_prefix_adapter(model):
-        common[cache_name] = model.get_prompt(batch, max_cache_len=n + input_ids.shape[1])
-        return base(input_ids=input_ids, attention_mask=mask, position_ids=positions + n, **common), mask
-    words = model.word_embeddings(input_ids)
-    embeds = torch.cat([model.get_prompt(batch_size=batch).to(words.dtype), words], dim=1)
-    virtual = torch.arange(n, device=input_ids.device).expand(batch, n)
-    return base(inputs_embeds=embeds, attention_mask=mask, position_ids=torch.cat([virtual, positions + n], 1),
-                **common), mask
-
-
-def greedy_generate(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, caps: Sequence[int], stop: Sequence[int]
-) -> list[list[int]]:
-    """Greedy decoding with a KV cache; rows leave the batch as soon as they stop, so finished sentences
-    cost nothing. After the prompt step every step goes through the base model on the cache, which holds
-    any prefixes or soft prompts (peft's own cached generate re-injects them wrongly for prompt-learning
-    methods in current versions)."""
-    step_model = model.get_base_model() if is_prompt_learning(model) else model
-    cache_name = _cache_argument(model)
-    out, mask = _prefill(model, input_ids, attention_mask, cache_name)
-    cache, logits = _output_cache(out), out.logits[:, -1]
-    stop_set = set(stop)
-    results: list[list[int]] = [[] for _ in caps]
-    alive = list(range(len(caps)))
-    while alive:
-        next_tokens = logits.argmax(-1)
-        keep = []
-        for j, row in enumerate(alive):
-            token = int(next_tokens[j])
-            results[row].append(token)
-            if token not in stop_set and len(results[row]) < caps[row]:
-                keep.append(j)
-        if not keep:
-            break
-        if len(keep) < len(alive):
-            index = torch.tensor(keep, device=input_ids.device)
-            cache.batch_select_indices(index)
-            mask, next_tokens = mask[index], next_tokens[index]
-            alive = [alive[j] for j in keep]
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = mask.sum(-1, keepdim=True) - 1
-        out = step_model(input_ids=next_tokens[:, None], attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **{cache_name: cache})
-        cache, logits = _output_cache(out), out.logits[:, -1]
-    return results
 
 
 class RowLimit(StoppingCriteria):

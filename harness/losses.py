@@ -37,33 +37,38 @@ def _decoder(model: Any) -> Any:
     return getter() if callable(getter) else None
 
 
-def final_hidden(
-    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **extra: Any
-) -> torch.Tensor:
-    """Final (post-norm) hidden states aligned with `input_ids`; the model itself computes no logits.
+def forward_hidden(model: Any, **inputs: Any) -> tuple[Any, torch.Tensor]:
+    """Run the model on `inputs` asking it for no logits; return its output (for the KV cache) and the final
+    (post-norm) hidden states of every position it computed.
 
     The decoder's output is caught with a forward hook, so no other layer's hidden states are kept (asking
     the model for `output_hidden_states` would hold every layer's, which costs memory in the eval pass)."""
-    kwargs: dict[str, Any] = {"use_cache": False, **extra}
     if _accepts_logits_to_keep(_base_forward(model)):
         # An empty index tensor: the model computes no logits at all (an int 0 would mean "all positions").
-        kwargs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=input_ids.device)
+        some = next(v for v in inputs.values() if isinstance(v, torch.Tensor))
+        inputs["logits_to_keep"] = torch.zeros(0, dtype=torch.long, device=some.device)
     decoder = _decoder(model)
     if decoder is None:
-        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True, **kwargs)
-        hidden = out.hidden_states[-1]
-    else:
-        caught: list[torch.Tensor] = []
+        out = model(output_hidden_states=True, **inputs)
+        return out, out.hidden_states[-1]
+    caught: list[torch.Tensor] = []
 
-        def hook(module: Any, args: Any, output: Any) -> None:
-            caught.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
+    def hook(module: Any, args: Any, output: Any) -> None:
+        caught.append(output[0] if isinstance(output, tuple) else output.last_hidden_state)
 
-        handle = decoder.register_forward_hook(hook)
-        try:
-            model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        finally:
-            handle.remove()
-        hidden = caught[-1]
+    handle = decoder.register_forward_hook(hook)
+    try:
+        out = model(**inputs)
+    finally:
+        handle.remove()
+    return out, caught[-1]
+
+
+def final_hidden(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **extra: Any
+) -> torch.Tensor:
+    """Final hidden states aligned with `input_ids`, for a forward without a cache (training, eval loss)."""
+    _, hidden = forward_hidden(model, input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **extra)
     # Soft prompts are prepended as virtual tokens: the last T positions belong to the real input.
     return hidden[:, -input_ids.shape[1]:]
 

@@ -50,7 +50,8 @@ def test_cached_greedy_decoding_equals_full_recomputation(name, tiny_llama, tiny
     batch do not influence each other."""
     import torch
 
-    from harness.evaluation import greedy_generate, stop_token_ids
+    from harness.decoding import greedy_generate
+    from harness.evaluation import stop_token_ids
     from techniques import registry
 
     sources = ["Good morning.", "Where is the station, please?", "Thanks."]
@@ -99,3 +100,26 @@ def test_beam_search_on_a_prefix_adapter_is_refused_with_the_fix(tiny_gemma):
     with pytest.raises(BenchError, match=r"num_beams=2: beam search .* Fix: use greedy decoding"):
         translate(model, loaded.tokenizer, ["Hello."], DataConfig(), num_beams=2)
     assert len(translate(model, loaded.tokenizer, ["Hello."], DataConfig(), max_new_tokens=4)) == 1
+
+
+def test_next_tokens_are_the_argmax_of_the_models_own_logits_for_every_batch_size(tiny):
+    """The decoding head (laid out for fast small batches on CPU, see harness.decoding) picks the tokens
+    the model's own logits pick, for 1 to 20 rows, with and without final soft-capping."""
+    import torch
+
+    from harness.decoding import next_tokens
+
+    model = tiny.model
+    torch.manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (20, 7))
+    with torch.inference_mode():
+        out = model(input_ids=ids, output_hidden_states=True)
+        hidden, reference = out.hidden_states[-1][:, -1], out.logits[:, -1].argmax(-1)
+        for rows in (1, 3, 4, 9, 16, 20):
+            assert next_tokens(model, hidden[:rows]).tolist() == reference[:rows].tolist(), rows
+        model.config.final_logit_softcapping = 0.05  # squeezes the logits hard: argmax must survive it
+        try:
+            capped = model(input_ids=ids).logits[:, -1]
+            assert next_tokens(model, hidden).tolist() == capped.argmax(-1).tolist()
+        finally:
+            model.config.final_logit_softcapping = None

@@ -104,7 +104,7 @@ def test_packing_is_used_for_weight_adapters_only(tiny_llama):
 
 
 def test_translation_with_merged_lora_equals_the_unmerged_adapter_and_restores_the_weights(tiny_llama):
-    from harness.evaluation import greedy_generate
+    from harness.decoding import greedy_generate
     from harness.merging import merged_lora
 
     cfg, model, tokenizer = _wrapped(tiny_llama)
