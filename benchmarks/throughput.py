@@ -93,6 +93,7 @@ from harness.packing import make_batch
 from harness.provenance import commit, versions
 from harness.training import (
     TrialSpec,
+    build_optimizer,
     resolve_hyperparameters,
     train_one_epoch,
     uses_packing,
@@ -225,6 +226,7 @@ class Measurement:
     useful_tokens_seen: int | None = None  # what the variant counted itself (None: it cannot tell)
     losses: list[float] = field(default_factory=list)  # per step, warmup first (each variant's own loss)
     extra: dict[str, Any] = field(default_factory=dict)
+    ceiling_gflops: float = float("nan")  # dense matmul GFLOP/s measured right after this variant
 
     @property
     def s_per_step(self) -> float:
@@ -451,8 +453,7 @@ def run_harness(setup: Setup) -> Measurement:
 
     flops = count_flops(forward_backward)
     model.zero_grad(set_to_none=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=float(setup.hp["lr"]), weight_decay=train_cfg.weight_decay)
+    optimizer = build_optimizer(model, float(setup.hp["lr"]), train_cfg.weight_decay)
     scheduler = TimedConstantLR(optimizer, device)
     progress: dict[str, Any] = {"epoch": 0, "step": 0, "train_seconds": 0.0, "best": None, "best_epoch": None}
     step_log: list[dict[str, Any]] = []
@@ -556,10 +557,16 @@ def matmul_ceiling(n: int, device: str, dtype: torch.dtype, repeats: int = 5) ->
 
 
 def ratios(ms: dict[str, Measurement]) -> dict[str, dict[str, float]]:
-    """Harness / naive (c/a) and harness / Trainer (c/b) for throughput, work and arithmetic rate."""
+    """Harness / naive (c/a) and harness / Trainer (c/b) for throughput, work and arithmetic rate (for the
+    variants that ran)."""
+    out: dict[str, dict[str, float]] = {}
+    if "harness" not in ms:
+        return out
     h = ms["harness"]
-    out = {}
-    for key, ref in (("c/a", ms["naive"]), ("c/b", ms["strong"])):
+    for key, name in (("c/a", "naive"), ("c/b", "strong")):
+        if name not in ms:
+            continue
+        ref = ms[name]
         out[key] = {
             "useful_tok_s": h.useful_tok_s / ref.useful_tok_s,
             "step_time": h.s_per_step / ref.s_per_step,
@@ -569,14 +576,15 @@ def ratios(ms: dict[str, Measurement]) -> dict[str, dict[str, float]]:
     return out
 
 
-def train_table(ms: dict[str, Measurement], ceiling: float) -> str:
+def train_table(ms: dict[str, Measurement]) -> str:
     from tabulate import tabulate
 
     rows = [[DESCRIPTIONS[m.variant].split(":")[0], f"{m.s_per_step:.3f}", f"{m.useful_tok_s:,.0f}",
              f"{m.nonpad_tok_s:,.0f}", f"{m.positions / m.steps:,.0f}", f"{m.flops_per_step / 1e9:,.1f}",
-             f"{m.gflops_s:,.1f}", f"{100 * m.gflops_s / ceiling:.0f}%"] for m in ms.values()]
+             f"{m.gflops_s:,.1f}", f"{m.ceiling_gflops:,.1f}", f"{100 * m.gflops_s / m.ceiling_gflops:.0f}%"]
+            for m in ms.values()]
     headers = ["variant", "s/step", "useful tok/s", "non-pad tok/s", "positions/step", "GFLOP/step",
-               "GFLOP/s", "% of matmul ceiling"]
+               "GFLOP/s", "matmul ceiling GFLOP/s", "% of ceiling"]
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
 
 
@@ -609,7 +617,7 @@ def eval_report(ev: EvalMeasurement) -> str:
 # -------------------------------------------------------------------------------------------------- CLI
 
 
-def bench_model(model: str, args: argparse.Namespace, device: str, ceiling: float) -> dict[str, Any]:
+def bench_model(model: str, args: argparse.Namespace, device: str, ceiling: Callable[[], float]) -> dict[str, Any]:
     """All requested measurements of one model; prints its tables and returns its numbers."""
     cfg = build_config(model, args)
     setup = prepare(cfg, args.technique, args.steps, device, args.eval_sentences)
@@ -623,14 +631,17 @@ def bench_model(model: str, args: argparse.Namespace, device: str, ceiling: floa
           f"{args.steps} measured steps after 1 warmup | {torch.get_num_threads()} threads | {device} ==")
     if not args.skip_train:
         ms: dict[str, Measurement] = {}
-        for name, run in (("naive", lambda: run_naive(setup, cfg.data.max_seq_length)),
-                          ("strong", lambda: run_strong(setup)), ("harness", lambda: run_harness(setup))):
+        runners = {"naive": lambda: run_naive(setup, cfg.data.max_seq_length), "strong": lambda: run_strong(setup),
+                   "harness": lambda: run_harness(setup)}
+        for name in args.variants:
             log.info("%s: training variant %s", model, name)
-            ms[name] = run()
+            ms[name] = runners[name]()
+            # The machine's speed drifts (shared, turbo): each variant's ceiling is measured right after it.
+            ms[name].ceiling_gflops = ceiling()
             gc.collect()
         result["train"] = {k: m.to_dict() for k, m in ms.items()}
         result["ratios"] = ratios(ms)
-        print(train_table(ms, ceiling))
+        print(train_table(ms))
         print(ratio_table(result["ratios"]))
         print("useful tokens = target + EOS tokens (same batches for all three); FLOPs of (a) and (b) include logits "
               "at prompt/padding positions, (c) computes the LM head at target positions only.")
@@ -660,6 +671,8 @@ def parser() -> argparse.ArgumentParser:
                    help="the naive variant's padding length, and the truncation length of all [128]")
     p.add_argument("--eval-sentences", type=int, default=48, help="test sentences translated [48]")
     p.add_argument("--eval-batch-size", type=int, default=64, help="translate() batch size [64]")
+    p.add_argument("--variants", default="naive,strong,harness", type=lambda v: [x.strip() for x in v.split(",")],
+                   help="training variants to run, a comma list of naive, strong, harness [all three]")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
@@ -677,12 +690,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         ("--eval-sentences", args.eval_sentences), ("--eval-batch-size", args.eval_batch_size)):
         if value < 1:
             raise BenchError(f"{name}: {value} is not a positive number. Give e.g. {name} 4.")
+    unknown = [v for v in args.variants if v not in DESCRIPTIONS]
+    if unknown or not args.variants:
+        raise BenchError(f"--variants: {','.join(unknown) or 'nothing'} is not a training variant. Give a comma "
+                         f"list of {', '.join(DESCRIPTIONS)}, e.g. --variants strong,harness.")
     registry.get(args.technique)  # an unknown name fails before any model loads
     device = resolve_device(args.device)
     threads = set_threads(args.threads or os.cpu_count())
     dtype = torch.float32 if device == "cpu" else torch.bfloat16 if device == "cuda" else torch.float32
     ceiling = matmul_ceiling(args.ceiling_size, device, dtype)
-    print(f"dense {dtype_name(dtype)} matmul ceiling ({args.ceiling_size}^3, best of 5): {ceiling:,.1f} GFLOP/s "
+    print(f"dense {dtype_name(dtype)} matmul ceiling ({args.ceiling_size}^3, best of 5; measured again after each "
+          f"variant): {ceiling:,.1f} GFLOP/s "
           f"on {threads} threads")
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     out: dict[str, Any] = {
@@ -691,7 +709,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "versions": versions(), "commit": commit(), "models": {},
     }
     for model in models:
-        out["models"][model] = bench_model(model, args, device, ceiling)
+        out["models"][model] = bench_model(model, args, device,
+                                           lambda: matmul_ceiling(args.ceiling_size, device, dtype))
     return out
 
 

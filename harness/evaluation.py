@@ -22,7 +22,7 @@ from harness.data import Encoded, Pair, batch_indices, build_prompt
 from harness.decoding import greedy_generate, has_prefix_adapter
 from harness.errors import BenchError
 from harness.losses import target_loss
-from harness.merging import merged_lora
+from harness.lora_paths import merged_lora
 from harness.packing import is_prompt_learning, make_batch, packing_unsupported
 
 log = logging.getLogger(__name__)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from harness import packing
+from harness.chunked_ce import linear_cross_entropy
+from harness.lora_paths import fused_lora
 from harness.data import IGNORE_INDEX
 
 
@@ -86,11 +88,21 @@ def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tenso
     """(sum of token cross-entropies over target positions, number of target tokens)."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    if packing.PACKED_KEY in batch:
-        with packing.packed_attention(model):
-            hidden = final_hidden(model, batch["input_ids"], None, **packing.model_kwargs(batch))[:, :-1]
-    else:
-        hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
-    logits = head_logits(model, hidden[mask])
-    loss = F.cross_entropy(logits.float(), labels[mask], reduction="sum")
-    return loss, int(mask.sum())
+    with fused_lora(model):
+        if packing.PACKED_KEY in batch:
+            with packing.packed_attention(model):
+                hidden = final_hidden(model, batch["input_ids"], None, **packing.model_kwargs(batch))[:, :-1]
+        else:
+            hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
+    return head_loss(model, hidden[mask], labels[mask]), int(mask.sum())
+
+
+def head_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Summed cross-entropy of the LM head's logits of (N, H) states against N labels. A frozen plain linear
+    head (every PEFT technique's) goes through the chunked fused loss, which never holds all N x vocabulary
+    logits; anything else (a trained or adapted head) through the plain one."""
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+        return linear_cross_entropy(hidden, head.weight, labels, cap)
+    return F.cross_entropy(head_logits(model, hidden).float(), labels, reduction="sum")

@@ -105,7 +105,7 @@ def test_packing_is_used_for_weight_adapters_only(tiny_llama):
 
 def test_translation_with_merged_lora_equals_the_unmerged_adapter_and_restores_the_weights(tiny_llama):
     from harness.decoding import greedy_generate
-    from harness.merging import merged_lora
+    from harness.lora_paths import merged_lora
 
     cfg, model, tokenizer = _wrapped(tiny_llama)
     model.eval()
@@ -128,3 +128,32 @@ def test_translation_with_merged_lora_equals_the_unmerged_adapter_and_restores_t
     assert not layer.merged
     for name, p in model.named_parameters():
         assert torch.equal(before[name], p.detach()), name
+
+
+@pytest.mark.parametrize("name", ["lora", "qlora"])
+def test_fused_lora_forward_gives_peft_loss_and_gradients(name, tiny_gemma):
+    """target_loss runs LoRA layers as one addmm each; loss and gradients equal peft's own layers'."""
+    from harness.losses import final_hidden, head_loss
+    from harness.lora_paths import fused_lora
+
+    cfg, model, tokenizer = _wrapped(tiny_gemma, name)
+    enc = encode(load_splits(cfg.data).train[:6], tokenizer, cfg.data)
+    batch = collate(enc, list(range(6)), tokenizer.pad_token_id)
+    model.train()
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]  # peft's forward
+    plain = head_loss(model, hidden[mask], labels[mask])
+    plain.backward()
+    g_plain = _grads(model)
+    fused, _ = target_loss(model, batch)
+    fused.backward()
+    g_fused = _grads(model)
+    assert float(fused) == pytest.approx(float(plain), rel=1e-5)
+    for param, grad in g_plain.items():
+        scale = float(grad.abs().max()) + 1e-12
+        assert float((grad - g_fused[param]).abs().max()) / scale < 1e-4, param
+    with fused_lora(model) as layers:
+        assert layers == 2 * 7
+        assert "forward" in vars(model.get_base_model().model.layers[0].mlp.up_proj)
+    assert "forward" not in vars(model.get_base_model().model.layers[0].mlp.up_proj)  # peft's forward is back

@@ -136,3 +136,13 @@ def test_mark_failed_records_the_error(tmp_path):
     status = read_json(folder / "status.json")
     assert status["status"] == "failed" and "OutOfMemoryError: CUDA out of memory" in status["error"]
     assert "Traceback" in status["traceback"]
+
+
+def test_optimizer_is_fused_adamw_over_trainable_parameters_only():
+    from harness.training import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    model[0].requires_grad_(False)
+    optimizer = build_optimizer(model, 1e-3, 0.01)
+    assert isinstance(optimizer, torch.optim.AdamW) and optimizer.defaults["fused"] is True
+    assert [p for group in optimizer.param_groups for p in group["params"]] == list(model[1].parameters())
