@@ -20,9 +20,11 @@ Training variants
                clipping. The examples are handed over in the harness's batch order with sequential sampling, so
                the Trainer gets the same batches, and with them the harness's length grouping.
   (c) harness  The harness's own loop: harness.training.train_one_epoch itself, i.e. harness.data.encode with the
-               config's prompt template, iterate_batches with group_by_length=True, harness.losses.target_loss
-               (the LM head only at target positions), AdamW over the trainable parameters and clipping; the
-               learning rate is constant here.
+               config's prompt template, length-grouped batches, packed into one padding-free row where the
+               technique allows it (harness.packing), harness.losses.target_loss (LoRA layers as one addmm each,
+               the LM head only at target positions through the chunked fused cross-entropy), fused AdamW over the
+               trainable parameters (harness.training.build_optimizer) and clipping; the learning rate is
+               constant here.
 
 What is timed: the optimizer steps only (forward, backward, clipping where the variant clips, the update and the
 loop's own per-step bookkeeping). Collating batches is outside the timed span for all three: the naive loop and
@@ -107,7 +109,7 @@ DEFAULT_MODELS = "gemma-3-270m,smollm2-135m"
 DESCRIPTIONS = {
     "naive": "(a) naive: padded to max length, labels = input ids, full logits, plain loop",
     "strong": "(b) strong: transformers.Trainer + DataCollatorForSeq2Seq, prompt-masked labels",
-    "harness": "(c) harness: train_one_epoch, length-grouped, LM head at targets only",
+    "harness": "(c) harness: train_one_epoch, packed, LM head at targets only (chunked fused loss)",
 }
 
 
