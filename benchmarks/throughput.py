@@ -558,6 +558,14 @@ def matmul_ceiling(n: int, device: str, dtype: torch.dtype, repeats: int = 5) ->
 # --------------------------------------------------------------------------------------------- reporting
 
 
+def median_run(runs: list[Measurement]) -> Measurement:
+    """The run with the median step time (the lower middle one for an even count); every run's s/step is kept
+    in its `extra`."""
+    chosen = sorted(runs, key=lambda m: m.s_per_step)[(len(runs) - 1) // 2]
+    chosen.extra["s_per_step_runs"] = [round(m.s_per_step, 4) for m in runs]
+    return chosen
+
+
 def ratios(ms: dict[str, Measurement]) -> dict[str, dict[str, float]]:
     """Harness / naive (c/a) and harness / Trainer (c/b) for throughput, work and arithmetic rate (for the
     variants that ran)."""
@@ -581,12 +589,13 @@ def ratios(ms: dict[str, Measurement]) -> dict[str, dict[str, float]]:
 def train_table(ms: dict[str, Measurement]) -> str:
     from tabulate import tabulate
 
-    rows = [[DESCRIPTIONS[m.variant].split(":")[0], f"{m.s_per_step:.3f}", f"{m.useful_tok_s:,.0f}",
+    rows = [[DESCRIPTIONS[m.variant].split(":")[0], f"{m.s_per_step:.3f}",
+             " ".join(f"{x:.2f}" for x in m.extra.get("s_per_step_runs", [m.s_per_step])), f"{m.useful_tok_s:,.0f}",
              f"{m.nonpad_tok_s:,.0f}", f"{m.positions / m.steps:,.0f}", f"{m.flops_per_step / 1e9:,.1f}",
              f"{m.gflops_s:,.1f}", f"{m.ceiling_gflops:,.1f}", f"{100 * m.gflops_s / m.ceiling_gflops:.0f}%"]
             for m in ms.values()]
-    headers = ["variant", "s/step", "useful tok/s", "non-pad tok/s", "positions/step", "GFLOP/step",
-               "GFLOP/s", "matmul ceiling GFLOP/s", "% of ceiling"]
+    headers = ["variant", "s/step (median round)", "s/step per round", "useful tok/s", "non-pad tok/s",
+               "positions/step", "GFLOP/step", "GFLOP/s", "matmul ceiling GFLOP/s", "% of ceiling"]
     return tabulate(rows, headers, tablefmt="github", disable_numparse=True)
 
 
@@ -632,15 +641,19 @@ def bench_model(model: str, args: argparse.Namespace, device: str, ceiling: Call
     print(f"\n== {model}: {tech.name} {result['label']} | {len(setup.enc)} examples, batch {cfg.train.batch_size}, "
           f"{args.steps} measured steps after 1 warmup | {torch.get_num_threads()} threads | {device} ==")
     if not args.skip_train:
-        ms: dict[str, Measurement] = {}
         runners = {"naive": lambda: run_naive(setup, cfg.data.max_seq_length), "strong": lambda: run_strong(setup),
                    "harness": lambda: run_harness(setup)}
-        for name in args.variants:
-            log.info("%s: training variant %s", model, name)
-            ms[name] = runners[name]()
-            # The machine's speed drifts (shared, turbo): each variant's ceiling is measured right after it.
-            ms[name].ceiling_gflops = ceiling()
-            gc.collect()
+        runs: dict[str, list[Measurement]] = {name: [] for name in args.variants}
+        # The machine's speed drifts (shared, turbo): the variants take turns, --repeats rounds of them, and each
+        # run's matmul ceiling is measured right after it.
+        for round_ in range(args.repeats):
+            for name in args.variants:
+                log.info("%s: training variant %s (round %d of %d)", model, name, round_ + 1, args.repeats)
+                measurement = runners[name]()
+                measurement.ceiling_gflops = ceiling()
+                runs[name].append(measurement)
+                gc.collect()
+        ms = {name: median_run(found) for name, found in runs.items()}
         result["train"] = {k: m.to_dict() for k, m in ms.items()}
         result["ratios"] = ratios(ms)
         print(train_table(ms))
@@ -675,6 +688,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=int, default=64, help="translate() batch size [64]")
     p.add_argument("--variants", default="naive,strong,harness", type=lambda v: [x.strip() for x in v.split(",")],
                    help="training variants to run, a comma list of naive, strong, harness [all three]")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of the training variants, taking turns; each variant's median round is reported [1]")
     p.add_argument("--skip-train", action="store_true")
     p.add_argument("--skip-eval", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads [all cores]")
@@ -688,7 +703,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every model's measurements, plus the settings, the matmul ceiling and provenance."""
-    for name, value in (("--steps", args.steps), ("--batch-size", args.batch_size),
+    for name, value in (("--steps", args.steps), ("--batch-size", args.batch_size), ("--repeats", args.repeats),
                         ("--eval-sentences", args.eval_sentences), ("--eval-batch-size", args.eval_batch_size)):
         if value < 1:
             raise BenchError(f"{name}: {value} is not a positive number. Give e.g. {name} 4.")

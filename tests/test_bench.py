@@ -23,7 +23,7 @@ def bench(tiny_llama, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     out = folder / "bench.json"
     argv = ["--models", str(tiny_llama), "--steps", str(STEPS), "--batch-size", str(BATCH),
-            "--eval-sentences", str(SENTENCES), "--threads", "1", "--ceiling-size", "128", "--json", str(out),
+            "--eval-sentences", str(SENTENCES), "--threads", "1", "--repeats", "2", "--ceiling-size", "128", "--json", str(out),
             "--set", f"model.cache_dir={folder / 'cache'}", "--set", "eval.max_new_tokens=8"]
     import io
     from contextlib import redirect_stdout
@@ -47,6 +47,8 @@ def test_json_has_the_expected_keys(bench):
                 "nonpad_tokens", "positions", "steps"} <= set(m)
         assert m["steps"] == STEPS
         assert m["ceiling_gflops"] > 0  # measured right after each variant
+        rounds = m["extra"]["s_per_step_runs"]  # two rounds taking turns; the median (lower middle) reported
+        assert len(rounds) == 2 and m["s_per_step"] == pytest.approx(min(rounds), abs=1e-4)
     assert set(result["ratios"]) == {"c/a", "c/b"}
     assert {"batched_sentences_s", "single_sentences_s", "speedup", "identical", "differing"} <= set(result["eval"])
 
