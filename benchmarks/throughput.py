@@ -27,8 +27,9 @@ Training variants
                constant here.
 
 What is timed: the optimizer steps only (forward, backward, clipping where the variant clips, the update and the
-loop's own per-step bookkeeping). Collating batches is outside the timed span for all three: the naive loop and
-train_one_epoch collate every batch before their loop starts, the Trainer collates before on_step_begin. The
+loop's own per-step bookkeeping). Collating batches is outside the timed span of the references (the naive loop
+collates every batch before its loop starts, the Trainer before on_step_begin) and inside the harness's
+(train_one_epoch packs each batch within its step; well under a millisecond). The
 Trainer's set-up and the whole trainer.train() time are recorded in the JSON output as well.
 
 Useful tokens: the target + EOS tokens of the measured batches, counted from the harness encoding of the same

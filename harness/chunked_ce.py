@@ -17,20 +17,21 @@ import torch
 
 CHUNK_BYTES = 256 * 2**20  # one chunk's float32 logits; big enough that the head matmul runs at full rate
 
-_buffers: dict[tuple[str, int], torch.Tensor] = {}  # reused across steps: (device, rows x vocab) -> buffer
+_buffers: dict[str, torch.Tensor] = {}  # device -> flat float32 work buffer, reused across steps
 
 
 def _buffer(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
-    """A float32 (rows, vocab) work buffer, kept between calls on CPU (a new one would be page-faulted in
-    again every step); accelerators have caching allocators of their own."""
+    """A float32 (rows, vocab) work buffer. On CPU one buffer is kept and only ever grows (to at most
+    CHUNK_BYTES): a new one every step would be page-faulted in again each time, and the number of target
+    tokens changes from step to step. Accelerators have caching allocators of their own."""
     if device.type != "cpu":
         return torch.empty(rows, vocab, device=device, dtype=torch.float32)
-    key = (str(device), rows * vocab)
-    if key not in _buffers:
-        _buffers.clear()  # one size at a time
+    key = str(device)
+    if key not in _buffers or _buffers[key].numel() < rows * vocab:
+        _buffers.pop(key, None)
         with torch.inference_mode(False):  # a normal tensor, usable inside and outside inference mode
             _buffers[key] = torch.empty(rows * vocab, dtype=torch.float32)
-    return _buffers[key].view(rows, vocab)
+    return _buffers[key][: rows * vocab].view(rows, vocab)
 
 
 def _chunks(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, cap: float | None,

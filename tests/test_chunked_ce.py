@@ -62,3 +62,14 @@ def test_the_reused_buffer_works_after_an_inference_mode_call():
     second = linear_cross_entropy(hidden, weight, labels)
     second.backward()
     assert float(first) == pytest.approx(float(second)) and hidden.grad is not None
+
+
+def test_the_work_buffer_is_reused_when_the_number_of_targets_changes():
+    chunked_ce._buffers.clear()
+    weight = torch.randn(64, 8)
+    linear_cross_entropy(torch.randn(40, 8), weight, torch.randint(0, 64, (40,)))
+    first = chunked_ce._buffers["cpu"].data_ptr()
+    linear_cross_entropy(torch.randn(10, 8), weight, torch.randint(0, 64, (10,)))  # fewer targets: same memory
+    assert chunked_ce._buffers["cpu"].data_ptr() == first
+    linear_cross_entropy(torch.randn(90, 8), weight, torch.randint(0, 64, (90,)))  # more: it grows
+    assert chunked_ce._buffers["cpu"].numel() == 90 * 64
