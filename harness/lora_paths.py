@@ -6,9 +6,10 @@
   afterwards, untouched (peft's own merge/unmerge adds and subtracts in place, which leaves rounding in the base
   weights of a model that is still training). Quantized base layers (QLoRA) and DoRA keep the unmerged path.
 - `fused_lora` (training, eval loss): peft computes `result + lora_B(lora_A(x)) * scaling`, which writes and
-  reads three output-sized tensors per layer besides the matmuls (and one more in the backward pass); one
-  `addmm(result, lora_A(x), B.T, alpha=scaling)` does the same arithmetic with none of them. On a CPU, where
-  those element-wise passes run at memory speed, that is several percent of a step.
+  reads three output-sized tensors per layer besides the matmuls, and its backward pass writes the LoRA branch's
+  input gradient separately before adding it to the base's. Here the scale and both adds live inside matmuls
+  (`addmm`, and for a frozen float base without dropout a hand-written backward); the arithmetic is the same.
+  On a CPU, where those element-wise passes run at memory speed, that is a few percent of a step.
 """
 
 from __future__ import annotations
@@ -88,12 +89,57 @@ def _fusable(module: Any) -> list[str]:
     return active
 
 
+class _LoraLinear(torch.autograd.Function):
+    """y = x W^T (+ bias) + s (x A^T) B^T for a frozen plain linear base, with a hand-written backward: the
+    input gradient g W + (s g B) A is one matmul accumulating into another, where autograd would write the LoRA
+    branch's (tokens x in_features) gradient separately and then add the two."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, a: torch.Tensor,
+                b: torch.Tensor, scale: float) -> torch.Tensor:
+        flat = x.reshape(-1, x.shape[-1])
+        down = flat @ a.t()
+        out = torch.nn.functional.linear(flat, weight, bias)
+        out.addmm_(down, b.t(), alpha=scale)
+        ctx.save_for_backward(flat, weight, a, b, down)
+        ctx.scale, ctx.x_shape = scale, x.shape
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, None, None, torch.Tensor,
+                                                       torch.Tensor, None]:
+        flat, weight, a, b, down = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        grad_b = (g.t() @ down).mul_(ctx.scale)
+        grad_down = (g @ b).mul_(ctx.scale)
+        grad_a = grad_down.t() @ flat
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (g @ weight).addmm_(grad_down, a).view(ctx.x_shape)
+        return grad_x, None, None, grad_a, grad_b, None
+
+
+def _single_function_path(self: Any, adapters: list[str], x: torch.Tensor) -> bool:
+    """`_LoraLinear` covers one adapter on a frozen float nn.Linear without dropout, all in x's dtype."""
+    if len(adapters) != 1 or type(self.base_layer) is not torch.nn.Linear:
+        return False
+    base, adapter = self.base_layer, adapters[0]
+    frozen = not base.weight.requires_grad and (base.bias is None or not base.bias.requires_grad)
+    plain = isinstance(self.lora_dropout[adapter], torch.nn.Identity)
+    return frozen and plain and base.weight.dtype == x.dtype == self.lora_A[adapter].weight.dtype
+
+
 def _fused_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-    """peft's vanilla LoRA forward with the scale and the add folded into one addmm."""
+    """peft's vanilla LoRA forward with the scale and the add folded into matmuls: `_LoraLinear` where it
+    applies, else one addmm per adapter on top of the base layer's output."""
     adapters = _fusable(self)
     weights = [self.lora_A[a].weight for a in adapters]
     if kwargs.get("adapter_names") is not None or any(w.dtype != x.dtype for w in weights):
         return type(self).forward(self, x, *args, **kwargs)
+    if not args and not kwargs and _single_function_path(self, adapters, x):
+        adapter = adapters[0]
+        return _LoraLinear.apply(x, self.base_layer.weight, self.base_layer.bias, weights[0],
+                                 self.lora_B[adapter].weight, self.scaling[adapter])
     result = self.base_layer(x, *args, **kwargs)
     if result.dtype != x.dtype:  # e.g. a quantized base computing in another dtype: peft's arithmetic
         lora = sum(self.lora_B[a](self.lora_A[a](self.lora_dropout[a](x))) * self.scaling[a] for a in adapters)

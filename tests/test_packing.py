@@ -130,22 +130,25 @@ def test_translation_with_merged_lora_equals_the_unmerged_adapter_and_restores_t
         assert torch.equal(before[name], p.detach()), name
 
 
-@pytest.mark.parametrize("name", ["lora", "qlora"])
-def test_fused_lora_forward_gives_peft_loss_and_gradients(name, tiny_gemma):
-    """target_loss runs LoRA layers as one addmm each; loss and gradients equal peft's own layers'."""
+@pytest.mark.parametrize("name,dropout", [("lora", 0.0), ("lora", 0.1), ("qlora", 0.0)])
+def test_fused_lora_forward_gives_peft_loss_and_gradients(name, dropout, tiny_gemma):
+    """target_loss runs LoRA layers with the scale and add folded into matmuls (a hand-written backward for a
+    float base without dropout, one addmm otherwise); loss and gradients equal peft's own layers'."""
     from harness.losses import final_hidden, head_loss
     from harness.lora_paths import fused_lora
 
-    cfg, model, tokenizer = _wrapped(tiny_gemma, name)
+    cfg, model, tokenizer = _wrapped(tiny_gemma, name, **{f"per_technique.{name}.dropout": dropout})
     enc = encode(load_splits(cfg.data).train[:6], tokenizer, cfg.data)
     batch = collate(enc, list(range(6)), tokenizer.pad_token_id)
     model.train()
     labels = batch["labels"][:, 1:]
     mask = labels != -100
+    torch.manual_seed(1)  # the same dropout masks for both: each layer draws once, in the same order
     hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]  # peft's forward
     plain = head_loss(model, hidden[mask], labels[mask])
     plain.backward()
     g_plain = _grads(model)
+    torch.manual_seed(1)
     fused, _ = target_loss(model, batch)
     fused.backward()
     g_fused = _grads(model)
