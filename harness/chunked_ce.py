@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-CHUNK_BYTES = 256 * 2**20  # one chunk's float32 logits; big enough that the head matmul runs at full rate
+# One chunk's float32 logits. On Gemma 3 (470 targets) 128 MB chunks took 1.2x and 256 MB 1.07x the time of
+# 512 MB (the head matmul runs faster on more rows); 1 GB gained nothing more.
+CHUNK_BYTES = 512 * 2**20
 
 _buffers: dict[str, torch.Tensor] = {}  # device -> flat float32 work buffer, reused across steps
 
