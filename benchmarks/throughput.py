@@ -51,8 +51,8 @@ to a loop that calls model.generate once per prompt, with the same greedy settin
 (harness.evaluation.stop_token_ids) and cap rule (min(max_new_tokens, 3 x source tokens + 8), per sentence in
 both), on the same first N sentences of the test split, after one untimed warm-up generation. The adapter is
 given small random weights first (a fresh LoRA adapter computes nothing), so that translate()'s LoRA folded into
-the weights is compared with peft's unmerged layers. Reported: how many of the outputs are identical (and how many of the differing ones differ only in where the cap cut them: one
-output a prefix of the other).
+the weights is compared with peft's unmerged layers. Reported: how many of the outputs are identical (and how
+many of the differing ones differ only in where the cap cut them: one output a prefix of the other).
 
 The numbers are printed (and written as JSON with --json), never asserted: they depend on the machine and on
 whatever else runs on it.

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,9 +361,16 @@ def encode_cached(
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in enc.input_ids])]).astype(np.int64)
     flat = np.concatenate(enc.input_ids) if enc.input_ids else np.zeros(0, np.int32)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, flat=flat, offsets=offsets, prompt_lengths=enc.prompt_lengths, dropped=np.array(enc.dropped))
-    tmp.replace(path)
+    # A unique temporary name: several trials on one machine may encode the same data at the same time.
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, flat=flat, offsets=offsets, prompt_lengths=enc.prompt_lengths,
+                     dropped=np.array(enc.dropped))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     atomic_write_json(path.with_suffix(".json"), {"examples": len(enc), "settings": [str(s) for s in settings]})
     return enc
 

@@ -17,21 +17,17 @@ from typing import Any
 
 import torch
 
-from harness.losses import forward_hidden
-from harness.packing import is_prompt_learning
+from harness.losses import forward_hidden, head_logits
+from harness.packing import base_model, is_prompt_learning
 
 
 def has_prefix_adapter(model: Any) -> bool:
     return is_prompt_learning(model) and model.active_peft_config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
 
 
-def _base(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _cache_argument(model: Any) -> str:
     """transformers 5.x renames `past_key_values` to `cache`; use whichever the installed model takes."""
-    return "cache" if "cache" in inspect.signature(_base(model).forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
 
 
 def _output_cache(out: Any) -> Any:
@@ -39,8 +35,10 @@ def _output_cache(out: Any) -> Any:
     return cache if cache is not None else out.past_key_values
 
 
-def _head_logits(head: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """LM-head logits of (rows, H) states.
+def next_tokens(model: Any, hidden: torch.Tensor) -> torch.Tensor:
+    """Greedy next token of each row from its last final hidden state (rows, H): the argmax of the model's
+    logits (`losses.head_logits`: the LM head, then any final soft-capping, so that float ties resolve as in
+    the model's own logits).
 
     With a large vocabulary the head is most of a decoding step. On CPU, BLAS computes `x @ W.T` for 4 to 15
     rows a few rows at a time, each pass reading the whole weight (Gemma 3's 262k x 640 head: 15 rows cost
@@ -48,21 +46,8 @@ def _head_logits(head: Any, hidden: torch.Tensor) -> torch.Tensor:
     real rows' dot products are the same."""
     rows = hidden.shape[0]
     if hidden.device.type == "cpu" and 4 <= rows < 16:
-        padded = torch.cat([hidden, hidden.new_zeros(16 - rows, hidden.shape[1])])
-        return head(padded)[:rows]
-    return head(hidden)
-
-
-def next_tokens(model: Any, hidden: torch.Tensor) -> torch.Tensor:
-    """Greedy next token of each row from its last final hidden state (rows, H): the argmax of the model's
-    logits (LM head, then Gemma 2-style final soft-capping, which is monotonic but kept so that float ties
-    resolve as in the model's own logits)."""
-    base = _base(model)
-    logits = _head_logits(base.get_output_embeddings(), hidden.contiguous())
-    cap = getattr(base.config, "final_logit_softcapping", None)
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    return logits.argmax(-1)
+        hidden = torch.cat([hidden, hidden.new_zeros(16 - rows, hidden.shape[1])])
+    return head_logits(base_model(model), hidden.contiguous())[:rows].argmax(-1)
 
 
 def _prefill(

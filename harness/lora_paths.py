@@ -24,19 +24,9 @@ import torch
 
 
 def _mergeable(module: Any) -> list[str]:
-    """Active adapters of a float LoRA Linear that can be folded into its weight; [] when none can."""
-    try:
-        from peft.tuners.lora.layer import Linear as LoraLinear
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return []
-    if not isinstance(module, LoraLinear) or type(module.base_layer) is not torch.nn.Linear:
-        return []
-    if module.merged or module.disable_adapters:
-        return []
-    active = [a for a in module.active_adapters if a in module.lora_A]
-    if any(module.use_dora.get(a, False) or getattr(module, "lora_bias", {}).get(a, False) for a in active):
-        return []
-    return active
+    """Active vanilla adapters of a LoRA layer over a plain float nn.Linear, which can be folded into its
+    weight; [] when none can (a quantized base keeps its own weights)."""
+    return _fusable(module) if type(getattr(module, "base_layer", None)) is torch.nn.Linear else []
 
 
 @contextlib.contextmanager
@@ -83,8 +73,9 @@ def _fusable(module: Any) -> list[str]:
     if not isinstance(module, _linear_lora_classes()) or module.merged or module.disable_adapters:
         return []
     active = [a for a in module.active_adapters if a in module.lora_A]
-    variants = getattr(module, "lora_variant", {})
-    if any(a in variants or getattr(module, "lora_bias", {}).get(a, False) for a in active):
+    variants = getattr(module, "lora_variant", {})  # DoRA and other variants compute differently
+    if any(a in variants or module.use_dora.get(a, False) or getattr(module, "lora_bias", {}).get(a, False)
+           for a in active):
         return []
     return active
 

@@ -29,13 +29,11 @@ def _accepts_logits_to_keep(forward: Any) -> bool:
 
 
 def _base_forward(model: Any) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).forward
+    return type(packing.base_model(model)).forward
 
 
 def _decoder(model: Any) -> Any:
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    getter = getattr(base, "get_decoder", None)
+    getter = getattr(packing.base_model(model), "get_decoder", None)
     return getter() if callable(getter) else None
 
 

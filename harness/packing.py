@@ -30,7 +30,8 @@ def is_prompt_learning(model: Any) -> bool:
     return bool(config is not None and config.is_prompt_learning)
 
 
-def _base(model: Any) -> Any:
+def base_model(model: Any) -> Any:
+    """The transformers model under a peft wrapper (or the model itself when unwrapped)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
@@ -38,7 +39,7 @@ def packing_unsupported(model: Any) -> str | None:
     """Why this model cannot train on packed batches, or None when it can."""
     if is_prompt_learning(model):
         return "prompt-learning adapters add virtual tokens per row"
-    base = _base(model)
+    base = base_model(model)
     if not getattr(type(base), "_supports_attention_backend", False):
         return f"{type(base).__name__} does not use transformers' attention interface"
     config = getattr(base, "config", None)
@@ -145,7 +146,7 @@ def packed_attention(model: Any) -> Iterator[None]:
     """Route the model's attention through `packed_sdpa` for one forward. No attention mask is built:
     transformers skips mask creation for an attention function registered without one."""
     _register()
-    config = _base(model).config
+    config = base_model(model).config
     previous = config._attn_implementation
     config._attn_implementation = ATTENTION
     try:

@@ -23,7 +23,8 @@ def bench(tiny_llama, tmp_path_factory):
     folder = tmp_path_factory.mktemp("bench")
     out = folder / "bench.json"
     argv = ["--models", str(tiny_llama), "--steps", str(STEPS), "--batch-size", str(BATCH),
-            "--eval-sentences", str(SENTENCES), "--threads", "1", "--repeats", "2", "--ceiling-size", "128", "--json", str(out),
+            "--eval-sentences", str(SENTENCES), "--threads", "1", "--repeats", "2", "--ceiling-size", "128",
+            "--json", str(out),
             "--set", f"model.cache_dir={folder / 'cache'}", "--set", "eval.max_new_tokens=8"]
     import io
     from contextlib import redirect_stdout

@@ -82,8 +82,8 @@ def test_packing_never_lets_one_example_predict_the_next():
 
 def test_eval_loss_is_the_same_with_packing(tiny_llama):
     cfg, model, tokenizer = _wrapped(tiny_llama)
-    enc = encode([Pair("Good morning.", "Günaydın."), Pair("Thank you very much, my friend.", "Çok teşekkür ederim.")],
-                 tokenizer, cfg.data)
+    pairs = [Pair("Good morning.", "Günaydın."), Pair("Thank you very much, my friend.", "Çok teşekkür ederim.")]
+    enc = encode(pairs, tokenizer, cfg.data)
     packed = eval_loss(model, enc, 2, tokenizer.pad_token_id, "cpu")
     model.train()
     manual, n = target_loss(model, collate(enc, [0, 1], tokenizer.pad_token_id))
