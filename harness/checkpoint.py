@@ -8,14 +8,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from harness.errors import BenchError
+from harness.reading import load_safetensors, read_json
 
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 TRAINABLE = "trainable_state.safetensors"
+# A damaged checkpoint cannot be repaired; the trial can still be trained again from the start.
+DAMAGED = ("The checkpoint is damaged (an interrupted copy or a full disk?): delete that trial's folder (and its "
+           "Ray trial folder) and resume, so the trial trains again from the start.")
 
 
 def save_adapter(model: Any, folder: Path) -> None:
@@ -36,7 +40,7 @@ def load_trainable(model: Any, folder: Path) -> None:
     path = folder / TRAINABLE
     if not path.is_file():
         raise BenchError(f"checkpoint: '{folder}' has no {TRAINABLE}; the checkpoint is incomplete.")
-    tensors = load_file(str(path))
+    tensors = load_safetensors(path, "checkpoint", DAMAGED)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if missing:
@@ -62,8 +66,8 @@ def save_training_state(folder: Path, optimizer: torch.optim.Optimizer, progress
 
 def load_training_state(folder: Path, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Restore optimizer moments and RNG state; return the loop's progress counters."""
-    tensors = load_file(str(folder / STATE_TENSORS))
-    meta = json.loads((folder / STATE_JSON).read_text())
+    tensors = load_safetensors(folder / STATE_TENSORS, "checkpoint", DAMAGED)
+    meta = read_json(folder / STATE_JSON, "checkpoint", DAMAGED)
     state: dict[int, dict[str, torch.Tensor]] = {}
     for name, value in tensors.items():
         if name.startswith("optim."):

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from harness import reading
 from harness.errors import BenchError, closest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -175,17 +176,7 @@ def resolve_preset(preset_or_path: str) -> Path:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise BenchError(
-            f"--config: '{path}' is not valid YAML{where} ({getattr(exc, 'problem', exc)}). "
-            "Fix the syntax, e.g. 'train:\\n  lr: 0.0003'."
-        ) from None
-    except UnicodeDecodeError:
-        raise BenchError(f"--config: '{path}' is not a UTF-8 text file; give a YAML file.") from None
+    data = reading.read_yaml(path, "--config")  # encoding, byte-order mark and syntax errors
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import tempfile
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from harness.config import DataConfig
 from harness.errors import BenchError
 from harness.io import atomic_write_json
+from harness.reading import normalise_text, read_text
 
 log = logging.getLogger(__name__)
 
@@ -72,46 +74,44 @@ def read_pairs(path: Path) -> list[Pair]:
 def _read_tsv(path: Path) -> list[Pair]:
     pairs: list[Pair] = []
     width = None
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            line = line.rstrip("\n").rstrip("\r")
-            if not line.strip():
-                continue
-            cols = line.split("\t")
-            if width is None:
-                if len(cols) not in (2, 4):
-                    raise BenchError(
-                        f"data: {path}:{lineno} has {len(cols)} tab-separated columns; a TSV must have 2 "
-                        "(english<TAB>turkish) or 4 (eng<TAB>tur<TAB>english<TAB>turkish, Tatoeba) columns."
-                    )
-                width = len(cols)
-            if len(cols) != width:
+    for lineno, line in enumerate(read_text(path, "data").split("\n"), 1):
+        line = line.rstrip("\r")
+        if not line.strip():
+            continue
+        cols = line.split("\t")
+        if width is None:
+            if len(cols) not in (2, 4):
                 raise BenchError(
-                    f"data: {path}:{lineno} has {len(cols)} tab-separated columns but the file's first line "
-                    f"has {width}. Fix that line (a stray tab or a missing column)."
+                    f"data: {path}:{lineno} has {len(cols)} tab-separated columns; a TSV must have 2 "
+                    "(english<TAB>turkish) or 4 (eng<TAB>tur<TAB>english<TAB>turkish, Tatoeba) columns."
                 )
-            source, target = (cols[0], cols[1]) if width == 2 else (cols[2], cols[3])
-            _append(pairs, source, target)
+            width = len(cols)
+        if len(cols) != width:
+            raise BenchError(
+                f"data: {path}:{lineno} has {len(cols)} tab-separated columns but the file's first line "
+                f"has {width}. Fix that line (a stray tab or a missing column)."
+            )
+        source, target = (cols[0], cols[1]) if width == 2 else (cols[2], cols[3])
+        _append(pairs, source, target)
     return pairs
 
 
 def _read_jsonl(path: Path) -> list[Pair]:
     pairs: list[Pair] = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise BenchError(f"data: {path}:{lineno} is not valid JSON ({exc.msg}). Fix that line.") from None
-            source, target = _fields_of(row)
-            if source is None:
-                raise BenchError(
-                    f"data: {path}:{lineno} has keys {sorted(row) if isinstance(row, dict) else row!r}; each "
-                    "JSONL line needs 'en' and 'tr', 'source' and 'target', or 'translation': {'en', 'tr'}."
-                )
-            _append(pairs, source, target)
+    for lineno, line in enumerate(read_text(path, "data").split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchError(f"data: {path}:{lineno} is not valid JSON ({exc.msg}). Fix that line.") from None
+        source, target = _fields_of(row)
+        if source is None:
+            raise BenchError(
+                f"data: {path}:{lineno} has keys {sorted(row) if isinstance(row, dict) else row!r}; each "
+                "JSONL line needs 'en' and 'tr', 'source' and 'target', or 'translation': {'en', 'tr'}."
+            )
+        _append(pairs, source, target)
     return pairs
 
 
@@ -127,7 +127,8 @@ def _fields_of(row: Any, src: str = "en", tgt: str = "tr") -> tuple[str | None, 
 
 
 def _append(pairs: list[Pair], source: str, target: str) -> None:
-    source, target = source.strip(), target.strip()
+    # Files arrive normalised from read_text; hub rows are normalised here, by the same function.
+    source, target = normalise_text(source).strip(), normalise_text(target).strip()
     if source and target:
         pairs.append(Pair(source, target))
 
@@ -287,7 +288,8 @@ class Encoded:
 
     input_ids: list[np.ndarray]
     prompt_lengths: np.ndarray
-    dropped: int = 0
+    dropped: int = 0  # whole examples left out: the prompt alone reaches max_seq_length
+    truncated: int = 0  # examples kept with their target cut at max_seq_length
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -306,24 +308,33 @@ class Encoded:
 
 def encode(pairs: Sequence[Pair], tokenizer: Any, cfg: DataConfig) -> Encoded:
     """Prompt + target_prefix + target + EOS, truncated on the right to max_seq_length; an example whose
-    target would be cut away entirely is dropped (it would train on nothing)."""
+    target would be cut away entirely is dropped (it would train on nothing). Both are counted."""
     if tokenizer.eos_token_id is None:
         raise BenchError("model: the tokenizer has no EOS token, so targets cannot be terminated. Use another model.")
     prompts = _prompt_ids([build_prompt(p.source, cfg, tokenizer) for p in pairs], tokenizer, cfg)
     targets = tokenizer([cfg.target_prefix + p.target for p in pairs], add_special_tokens=False)["input_ids"]
     ids: list[np.ndarray] = []
     prompt_lengths: list[int] = []
-    dropped = 0
+    dropped = truncated = 0
     for prompt, target in zip(prompts, targets):
-        full = (prompt + target + [tokenizer.eos_token_id])[: cfg.max_seq_length]
+        whole = prompt + target + [tokenizer.eos_token_id]
+        full = whole[: cfg.max_seq_length]
         if len(full) <= len(prompt):
             dropped += 1
             continue
+        truncated += len(full) < len(whole)
         ids.append(np.asarray(full, dtype=np.int32))
         prompt_lengths.append(len(prompt))
-    if dropped:
-        log.warning("%d examples dropped: their prompt alone reaches data.max_seq_length=%d", dropped, cfg.max_seq_length)
-    return Encoded(ids, np.asarray(prompt_lengths, dtype=np.int32), dropped)
+    return Encoded(ids, np.asarray(prompt_lengths, dtype=np.int32), dropped, truncated)
+
+
+def warn_if_cut(enc: Encoded, cfg: DataConfig, tag: str) -> None:
+    """Tell the user (every trial, cached or not) how many pairs data.max_seq_length dropped or cut short."""
+    if enc.dropped or enc.truncated:
+        log.warning("%s data: %d of %d pairs dropped (the prompt alone reaches data.max_seq_length=%d) and %d "
+                    "truncated (target cut at %d tokens); raise data.max_seq_length to keep them whole",
+                    tag, enc.dropped, len(enc) + enc.dropped, cfg.max_seq_length, enc.truncated,
+                    cfg.max_seq_length)
 
 
 def tokenizer_key(tokenizer: Any) -> str:
@@ -343,7 +354,9 @@ def encode_cached(
 ) -> Encoded:
     """`encode`, cached on disk as plain arrays (no pickle), keyed by data, tokenizer and prompt settings."""
     if cache_dir is None:
-        return encode(pairs, tokenizer, cfg)
+        enc = encode(pairs, tokenizer, cfg)
+        warn_if_cut(enc, cfg, tag)
+        return enc
     digest = hashlib.sha256()
     for pair in pairs:
         digest.update(f"{pair.source}\t{pair.target}\n".encode())
@@ -351,13 +364,32 @@ def encode_cached(
                 cfg.max_seq_length, getattr(tokenizer, "chat_template", None) if cfg.use_chat_template else None]
     digest.update(json.dumps(settings).encode())
     path = cache_dir / f"{tag}-{digest.hexdigest()[:20]}.npz"
-    if path.is_file():
+    enc = _read_cached(path) if path.is_file() else None
+    if enc is None:
+        enc = encode(pairs, tokenizer, cfg)
+        _write_cached(path, enc, settings)
+    warn_if_cut(enc, cfg, tag)
+    return enc
+
+
+def _read_cached(path: Path) -> Encoded | None:
+    """A cache entry, or None (with a warning) when it is damaged or from an older layout: it is rebuilt."""
+    try:
         with np.load(path, allow_pickle=False) as blob:
             offsets = blob["offsets"]
             flat = blob["flat"]
+            prompt_lengths = blob["prompt_lengths"]
+            if len(offsets) != len(prompt_lengths) + 1 or (len(offsets) and offsets[-1] != len(flat)):
+                raise ValueError("its arrays do not fit together")
             ids = [flat[offsets[i]: offsets[i + 1]] for i in range(len(offsets) - 1)]
-            return Encoded(ids, blob["prompt_lengths"], int(blob["dropped"]))
-    enc = encode(pairs, tokenizer, cfg)
+            return Encoded(ids, prompt_lengths, int(blob["dropped"]), int(blob["truncated"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("tokenized-data cache entry '%s' is damaged or outdated (%s: %s); rebuilding it",
+                    path, type(exc).__name__, str(exc)[:200])
+        return None
+
+
+def _write_cached(path: Path, enc: Encoded, settings: list[Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     offsets = np.concatenate([[0], np.cumsum([len(x) for x in enc.input_ids])]).astype(np.int64)
     flat = np.concatenate(enc.input_ids) if enc.input_ids else np.zeros(0, np.int32)
@@ -366,13 +398,12 @@ def encode_cached(
     try:
         with os.fdopen(fd, "wb") as handle:
             np.savez(handle, flat=flat, offsets=offsets, prompt_lengths=enc.prompt_lengths,
-                     dropped=np.array(enc.dropped))
+                     dropped=np.array(enc.dropped), truncated=np.array(enc.truncated))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     atomic_write_json(path.with_suffix(".json"), {"examples": len(enc), "settings": [str(s) for s in settings]})
-    return enc
 
 
 # ----------------------------------------------------------------------------------------------- batching

@@ -98,9 +98,13 @@ def translate(
     max_new_tokens: int = 64,
     num_beams: int = 1,
     progress: bool = False,
+    cut: list[bool] | None = None,
     **sampling: Any,
 ) -> list[str]:
-    """Translate `sources`: prompts sorted by length (little padding), left-padded, KV-cached generation."""
+    """Translate `sources`: prompts sorted by length (little padding), left-padded, KV-cached generation.
+    `cut`, when given, is filled with whether each translation was stopped by max_new_tokens (truncated)."""
+    if cut is not None:
+        cut[:] = [False] * len(sources)
     if not sources:
         return []
     device = next(model.parameters()).device
@@ -145,6 +149,10 @@ def translate(
                     new_tokens = [row[width: width + cap] for row, cap in zip(out, caps)]
                 else:
                     new_tokens = greedy_generate(model, enc["input_ids"], enc["attention_mask"], caps, stop)
+            if cut is not None:
+                for i, row in zip(idx, new_tokens):
+                    tokens = [int(t) for t in row]
+                    cut[i] = len(tokens) >= max_new_tokens and not set(tokens) & set(stop)
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
             for i, text in zip(idx, texts):
                 outputs[i] = text.strip().split("\n", 1)[0].strip()

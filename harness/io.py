@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from harness import reading
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write text to a temp file in the same folder, fsync it, then rename it over `path`."""
@@ -36,14 +38,12 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def read_json(path: str | Path) -> Any:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """A result file, through the one reader (a damaged file is a BenchError naming it)."""
+    return reading.read_json(path, "results")
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return reading.read_jsonl(path, "results")
 
 
 def atomic_write_dir(path: str | Path, write: Callable[[Path], None]) -> None:

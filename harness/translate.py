@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import logging
 import sys
 import warnings
@@ -23,7 +22,8 @@ from typing import Any, TextIO
 
 from harness.config import BenchConfig, DataConfig, ModelConfig, config_from_dict
 from harness.errors import BenchError, closest
-from harness.io import atomic_write_dir, atomic_write_json, atomic_write_text, read_json
+from harness import reading
+from harness.io import atomic_write_dir, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ MERGEABLE = {"LORA", "ADALORA", "LOHA", "LOKR"}
 EXIT_WORDS = {"exit", "quit"}
 PROMPT = "en> "
 NO_RUNS = "no runs yet: run python run_benchmark.py --techniques all first"
+DAMAGED_ADAPTER = ("The adapter folder is damaged (an interrupted copy or a full disk?): copy it again, train the "
+                   "trial again, or use another trial's adapter.")
 
 EXAMPLES = """examples:
   python -m harness.translate --best --text "The weather is nice today."
@@ -133,19 +135,33 @@ class Translator:
     num_beams: int = 1
     sampling: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, lines: Sequence[str], progress: bool = False) -> list[str]:
-        """One Turkish line per input line; blank lines stay blank (line alignment is kept)."""
+    def __call__(self, lines: Sequence[str], progress: bool = False, cut: list[bool] | None = None) -> list[str]:
+        """One Turkish line per input line; blank lines stay blank (line alignment is kept). `cut`, when
+        given, gets one flag per line: True where the translation was truncated at max_new_tokens."""
         from harness.evaluation import translate
 
-        texts = [line.strip() for line in lines]
+        # NFC like every file the harness reads: --text and interactive lines do not pass through a file.
+        texts = [reading.normalise_text(line).strip() for line in lines]
         todo = [i for i, t in enumerate(texts) if t]
         outputs = [""] * len(texts)
+        flags = [False] * len(texts)
         if todo:
+            done: list[bool] = []
             hyps = translate(self.model, self.tokenizer, [texts[i] for i in todo], self.data_cfg, self.batch_size,
-                             self.max_new_tokens, self.num_beams, progress=progress, **self.sampling)
-            for i, hyp in zip(todo, hyps):
+                             self.max_new_tokens, self.num_beams, progress=progress, cut=done, **self.sampling)
+            for i, hyp, was_cut in zip(todo, hyps, done):
                 outputs[i] = one_line(hyp)
+                flags[i] = was_cut
+        if cut is not None:
+            cut.extend(flags)
         return outputs
+
+    def warn_truncated(self, cut: Sequence[bool]) -> None:
+        """One warning for one input: how many lines were truncated, and to how many tokens."""
+        if any(cut):
+            log.warning("%d of %d input lines were truncated: their translations stopped at --max-new-tokens=%d "
+                        "tokens before the model ended them. Raise --max-new-tokens, or split long lines.",
+                        sum(cut), len(cut), self.max_new_tokens)
 
 
 def check_options(args: argparse.Namespace) -> None:
@@ -197,11 +213,8 @@ def best_entry(results_dir: Path, model: str | None = None) -> dict[str, Any]:
     if not path.is_file():
         raise BenchError(f"--best: {NO_RUNS} (there is no '{path}'). Or give an adapter folder with "
                          "--adapter PATH, or point --results-dir at the folder that holds best.json.")
-    try:
-        registry = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"--best: '{path}' is not valid JSON ({exc}). Re-create it with python -m "
-                         "harness.leaderboard, or give --adapter PATH.") from None
+    registry = reading.read_json(path, "--best", "Re-create it with python -m harness.leaderboard, or give "
+                                                 "--adapter PATH.")
     entries = list((registry.get("by_model_dataset") or {}).values()) if isinstance(registry, dict) else []
     if model is None:
         entry = registry.get("overall") if isinstance(registry, dict) else None
@@ -237,11 +250,7 @@ def check_adapter(folder: Path, option: str) -> dict[str, Any]:
                 if (folder / "adapter" / ADAPTER_CONFIG).is_file() else
                 " An adapter folder is what peft's save_pretrained writes (a trial's adapter/ folder).")
         raise BenchError(f"{where}: the folder has no {ADAPTER_CONFIG}, so it is not a peft adapter.{hint}")
-    try:
-        adapter_cfg = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{where}: {ADAPTER_CONFIG} is not valid JSON ({exc}). The adapter folder is damaged; "
-                         "train the trial again or use another trial's adapter.") from None
+    adapter_cfg = reading.read_json(config_path, where, DAMAGED_ADAPTER)
     if not isinstance(adapter_cfg, dict) or "peft_type" not in adapter_cfg:
         raise BenchError(f"{where}: {ADAPTER_CONFIG} is not a peft adapter config (it has no 'peft_type'). "
                          "Give a folder written by peft's save_pretrained.")
@@ -252,6 +261,7 @@ def check_adapter(folder: Path, option: str) -> dict[str, Any]:
                              "adapter with save_pretrained(folder, safe_serialization=True).")
         raise BenchError(f"{where}: the folder has no {ADAPTER_WEIGHTS}, so the adapter weights are missing. "
                          "Train the trial again or use another trial's adapter.")
+    reading.check_safetensors(folder / ADAPTER_WEIGHTS, where, DAMAGED_ADAPTER)
     return adapter_cfg
 
 
@@ -260,11 +270,8 @@ def read_trial_config(adapter: Path, option: str) -> dict[str, Any] | None:
     path = adapter.parent / TRIAL_CONFIG
     if not path.is_file():
         return None
-    try:
-        record = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BenchError(f"{option} {adapter}: the trial's '{path}' is not valid JSON ({exc}). Give the base "
-                         "model with --base-model NAME, or use another trial.") from None
+    record = reading.read_json(path, f"{option} {adapter}", "Give the base model with --base-model NAME, or "
+                                                            "use another trial.")
     if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
         return None  # a config.json of something else (e.g. a model folder): not a trial record
     return record
@@ -434,17 +441,22 @@ def one_line(text: str) -> str:
 def read_input(path: str) -> list[str]:
     """Lines of --input FILE ('-': stdin), without their line ends."""
     if path == "-":
-        return split_lines(sys.stdin.read())
+        return read_stdin()
     file = Path(path).expanduser()
     if not file.exists():
         raise BenchError(f"--input {path}: the file does not exist. Give a text file with one English sentence "
                          "per line, or '-' to read stdin.")
     if not file.is_file():
         raise BenchError(f"--input {path}: this is not a file. Give a text file with one sentence per line.")
-    try:
-        return split_lines(file.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise BenchError(f"--input {path}: the file is not UTF-8 text. Convert it, e.g. iconv -t utf-8.") from None
+    return split_lines(reading.read_text(file, "--input"))
+
+
+def read_stdin() -> list[str]:
+    """Lines of stdin, decoded like a file (a byte-order mark dropped, NFC)."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes underneath (e.g. replaced in a test)
+        return split_lines(reading.normalise_text(sys.stdin.read()))
+    return split_lines(reading.decode_text(buffer.read(), "--input -", "stdin"))
 
 
 def _chunks(lines: Sequence[str], size: int) -> Iterable[Sequence[str]]:
@@ -458,12 +470,14 @@ def translate_all(translator: Translator, lines: Sequence[str], output: str | No
     chunk = max(translator.batch_size * 8, 64)
     progress = len(lines) > translator.batch_size and sys.stderr.isatty()
     results: list[str] = []
+    cut: list[bool] = []
     for part in _chunks(lines, chunk):
-        out = translator(part, progress=progress)
+        out = translator(part, progress=progress, cut=cut)
         results.extend(out)
         if output is None:
             stdout.write("".join(line + "\n" for line in out))
             stdout.flush()
+    translator.warn_truncated(cut)
     if output is not None:
         atomic_write_text(Path(output).expanduser(), "".join(line + "\n" for line in results))
         log.info("%d lines written to %s", len(results), output)
@@ -490,8 +504,10 @@ def interactive(translator: Translator, stdin: TextIO, stdout: TextIO) -> int:
         text = line.rstrip("\n").strip()
         if text.lower() in EXIT_WORDS:
             return 0
-        stdout.write(translator([text])[0] + "\n")
+        cut: list[bool] = []
+        stdout.write(translator([text], cut=cut)[0] + "\n")
         stdout.flush()
+        translator.warn_truncated(cut)
 
 
 # --------------------------------------------------------------------------------------------- main
@@ -534,7 +550,7 @@ def run(args: argparse.Namespace) -> int:
     elif sys.stdin.isatty():
         mode = "interactive"
     else:
-        lines = split_lines(sys.stdin.read())
+        lines = read_stdin()
 
     import torch
 
