@@ -21,6 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from harness import reading
 from harness.io import atomic_write_text, read_json
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,7 @@ def read_examples(trial_dir: Path, limit: int = EXAMPLES_PER_TRIAL) -> list[tupl
     if not path.is_file():
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").split("\n")[1:]:
+    for line in reading.read_text(path, "results").split("\n")[1:]:
         if not line.strip():
             continue
         cells = (line.split("\t") + ["", "", ""])[:3]
