@@ -194,7 +194,7 @@ def test_broken_adapter_folders(trained, tmp_path, capsys):
     _fails(capsys, ["--adapter", str(folder), "--text", "Hi."], "adapter_model.bin", "pickle", "never")
     folder = broken("bad-json")
     (folder / "adapter_config.json").write_text("{not json", encoding="utf-8")
-    _fails(capsys, ["--adapter", str(folder), "--text", "Hi."], "adapter_config.json is not valid JSON")
+    _fails(capsys, ["--adapter", str(folder), "--text", "Hi."], "adapter_config.json' is not valid JSON")
     # no config.json beside the adapter: the base model must be given
     _fails(capsys, ["--adapter", str(broken("no-trial")), "--text", "Hi."], "--base-model", "base model is unknown")
 
