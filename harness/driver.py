@@ -24,6 +24,7 @@ from harness.errors import BenchError
 from harness.io import atomic_write_json, read_json
 from harness.data import load_splits
 from harness.models import check_hub, resolve_source
+from harness import ray_watchdog
 from harness.provenance import commit, versions
 from techniques import registry
 from techniques.base import Choice, IntRange, LogUniform, Space
@@ -223,6 +224,7 @@ def start_ray(cfg: BenchConfig) -> None:
             ray.init(address=cfg.run.ray_address, **kwargs)
         else:
             ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)  # never join a stray cluster
+            ray_watchdog.start()  # a SIGKILLed driver must not leave Ray's agents running
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise BenchError(
             f"--ray-address: could not join the Ray cluster at '{cfg.run.ray_address}' ({exc}). Start it with "

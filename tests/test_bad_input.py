@@ -358,3 +358,59 @@ def test_training_pairs_dropped_and_truncated_are_counted_and_recorded(tmp_path,
     with caplog.at_level(logging.WARNING, logger="harness.data"):
         prepare_data(cfg, tokenizer)  # from the tokenized cache: told again, for this trial
     assert f"{want_truncated} truncated" in caplog.text
+
+
+# ------------------------------------------------------------------------------------------- Ray
+
+
+DRIVER = """
+import json, time, psutil
+from harness.config import load_config
+from harness.driver import start_ray
+start_ray(load_config(None))
+deadline = time.time() + 90
+while time.time() < deadline:
+    names = [p.name() for p in psutil.Process().children(recursive=True)]
+    if sum(name.endswith("Agent") for name in names) >= 2:
+        break
+    time.sleep(0.5)
+time.sleep(2.5)  # the watchdog looks every second
+print(json.dumps([(p.pid, p.name(), p.create_time()) for p in psutil.Process().children(recursive=True)]), flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_sigkilled_driver_leaves_no_ray_processes():
+    """Without the watchdog, ray::DashboardAgent and ray::RuntimeEnvAgent outlive the driver by a minute."""
+    import json
+    import signal
+    import time
+
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"})
+    started = json.loads(proc.stdout.readline())
+    names = {name for _, name, _ in started}
+    assert {"ray::DashboardAgent", "ray::RuntimeEnvAgent", "raylet"} <= names, names
+
+    def still_running() -> list[psutil.Process]:
+        out = []
+        for pid, _, created in started:
+            try:
+                process = psutil.Process(pid)
+                if process.create_time() == created and process.status() != psutil.STATUS_ZOMBIE:
+                    out.append(process)
+            except psutil.NoSuchProcess:
+                pass
+        return out
+
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 20
+    while still_running() and time.time() < deadline:
+        time.sleep(0.5)
+    left = still_running()
+    for process in left:  # only the processes of the cluster this test started
+        process.kill()
+    assert not left, [p.name() for p in left]
