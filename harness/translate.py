@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from harness.config import BenchConfig, DataConfig, ModelConfig, config_from_dict
+from harness.config import BenchConfig, DataConfig, EvalConfig, ModelConfig, config_from_dict
 from harness.errors import BenchError, closest
 from harness import reading
 from harness.io import atomic_write_dir, atomic_write_json, atomic_write_text
@@ -94,7 +94,9 @@ def parser() -> argparse.ArgumentParser:
     io.add_argument("--output", metavar="FILE", help="write the Turkish lines here [stdout]")
 
     gen = p.add_argument_group("generation")
-    gen.add_argument("--batch-size", type=int, default=16, help="sentences per generate call [16]")
+    gen.add_argument("--batch-size", type=int,
+                     help="sentences per generate call [the trial's eval.generation_batch_size, as in the run: "
+                          f"{EvalConfig().generation_batch_size} unless the run set it]")
     gen.add_argument("--max-new-tokens", type=int, default=64, help="upper bound per translation [64]")
     gen.add_argument("--num-beams", type=int, default=1, help="beam search width [1: greedy]")
     gen.add_argument("--temperature", type=float, help="sample with this temperature [greedy]")
@@ -121,6 +123,8 @@ class Target:
     peft_type: str | None = None
     trained_on: str | None = None  # base_model_name_or_path from adapter_config.json
     origin: str = ""
+    # The batch the run's evaluation translated with, so a file translates as fast as the run's test set.
+    batch_size: int = field(default_factory=lambda: EvalConfig().generation_batch_size)
 
 
 @dataclass
@@ -180,7 +184,7 @@ def check_options(args: argparse.Namespace) -> None:
         raise BenchError(f"--output {args.output}: the interactive mode prints each translation as it goes; "
                          "drop --output, or use --input FILE --output FILE for files.")
     rules = [
-        ("--batch-size", args.batch_size, args.batch_size >= 1, "an integer >= 1, e.g. 16"),
+        ("--batch-size", args.batch_size, args.batch_size is None or args.batch_size >= 1, "an integer >= 1, e.g. 16"),
         ("--max-new-tokens", args.max_new_tokens, args.max_new_tokens >= 1, "an integer >= 1, e.g. 64"),
         ("--num-beams", args.num_beams, args.num_beams >= 1, "an integer >= 1 (1 is greedy)"),
         ("--temperature", args.temperature, args.temperature is None or args.temperature >= 0, "a number >= 0"),
@@ -315,9 +319,10 @@ def resolve_target(args: argparse.Namespace) -> Target:
     if adapter is not None:
         adapter_cfg = check_adapter(adapter, option)
         record = read_trial_config(adapter, option)
+    batch_size = EvalConfig().generation_batch_size
     if record is not None:
         cfg = bench_config(record, f"{option} {adapter}")
-        model_cfg, data_cfg = cfg.model, cfg.data
+        model_cfg, data_cfg, batch_size = cfg.model, cfg.data, cfg.eval.generation_batch_size
     elif args.base_model:  # no trial record: the harness's default prompt settings
         model_cfg, data_cfg = ModelConfig(name=args.base_model), DataConfig()
     else:
@@ -335,7 +340,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
     hp = dict((record or {}).get("hp") or {})
     target = Target(model_cfg, data_cfg, None if args.no_adapter else adapter, technique, hp,
                     adapter_cfg.get("peft_type"), adapter_cfg.get("base_model_name_or_path"),
-                    "base model alone" if args.no_adapter else origin)
+                    "base model alone" if args.no_adapter else origin, batch_size)
     if args.merge_and_save:
         check_mergeable(target, args.merge_and_save)
         if technique and technique_model_cfg(model_cfg, technique, hp, option) != model_cfg:
@@ -398,8 +403,8 @@ def load_translator(target: Target, device: str, args: argparse.Namespace) -> Tr
     log.info("translating with %s on %s", target.origin or target.model_cfg.name, device)
     sampling = {k: v for k, v in (("temperature", args.temperature), ("top_k", args.top_k),
                                   ("top_p", args.top_p)) if v is not None}
-    return Translator(model, loaded.tokenizer, target.data_cfg, args.batch_size, args.max_new_tokens,
-                      args.num_beams, sampling)
+    return Translator(model, loaded.tokenizer, target.data_cfg, args.batch_size or target.batch_size,
+                      args.max_new_tokens, args.num_beams, sampling)
 
 
 def merge_and_save(translator: Translator, target: Target, out_dir: Path) -> Path:
@@ -466,17 +471,21 @@ def _chunks(lines: Sequence[str], size: int) -> Iterable[Sequence[str]]:
 
 def translate_all(translator: Translator, lines: Sequence[str], output: str | None, stdout: TextIO) -> int:
     """Batch mode: every line translated, in chunks of several batches (length-sorted within a chunk); to
-    stdout as each chunk finishes, or atomically to --output at the end."""
+    stdout as each chunk finishes, or atomically to --output at the end. A terminal gets one progress bar."""
+    from tqdm.auto import tqdm
+
     chunk = max(translator.batch_size * 8, 64)
     progress = len(lines) > translator.batch_size and sys.stderr.isatty()
     results: list[str] = []
     cut: list[bool] = []
-    for part in _chunks(lines, chunk):
-        out = translator(part, progress=progress, cut=cut)
-        results.extend(out)
-        if output is None:
-            stdout.write("".join(line + "\n" for line in out))
-            stdout.flush()
+    with tqdm(total=len(lines), desc="translate", unit="line", disable=not progress, file=sys.stderr) as bar:
+        for part in _chunks(lines, chunk):
+            out = translator(part, cut=cut)
+            results.extend(out)
+            bar.update(len(part))
+            if output is None:
+                stdout.write("".join(line + "\n" for line in out))
+                stdout.flush()
     translator.warn_truncated(cut)
     if output is not None:
         atomic_write_text(Path(output).expanduser(), "".join(line + "\n" for line in results))
