@@ -18,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import ray_watchdog
 from harness.config import BenchConfig, config_from_dict
 from harness.devices import resolve_device
 from harness.errors import BenchError
 from harness.io import atomic_write_json, read_json
 from harness.data import load_splits
 from harness.models import check_hub, resolve_source
-from harness import ray_watchdog
 from harness.provenance import commit, versions
 from techniques import registry
 from techniques.base import Choice, IntRange, LogUniform, Space

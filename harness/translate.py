@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness import reading
 from harness.config import BenchConfig, DataConfig, EvalConfig, ModelConfig, config_from_dict
 from harness.errors import BenchError, closest
-from harness import reading
 from harness.io import atomic_write_dir, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,7 @@ class Translator:
     num_beams: int = 1
     sampling: dict[str, Any] = field(default_factory=dict)
 
-    def __call__(self, lines: Sequence[str], progress: bool = False, cut: list[bool] | None = None) -> list[str]:
+    def __call__(self, lines: Sequence[str], cut: list[bool] | None = None) -> list[str]:
         """One Turkish line per input line; blank lines stay blank (line alignment is kept). `cut`, when
         given, gets one flag per line: True where the translation was truncated at max_new_tokens."""
         from harness.evaluation import translate
@@ -152,7 +152,7 @@ class Translator:
         if todo:
             done: list[bool] = []
             hyps = translate(self.model, self.tokenizer, [texts[i] for i in todo], self.data_cfg, self.batch_size,
-                             self.max_new_tokens, self.num_beams, progress=progress, cut=done, **self.sampling)
+                             self.max_new_tokens, self.num_beams, cut=done, **self.sampling)
             for i, hyp, was_cut in zip(todo, hyps, done):
                 outputs[i] = one_line(hyp)
                 flags[i] = was_cut
