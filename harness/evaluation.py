@@ -24,6 +24,7 @@ from harness.errors import BenchError
 from harness.losses import target_loss
 from harness.lora_paths import merged_lora
 from harness.packing import is_prompt_learning, make_batch, packing_unsupported
+from harness.significance import sacrebleu_metrics
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +157,7 @@ def translate(
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
     """Corpus BLEU, chrF and chrF++ (sacrebleu defaults), with their signatures."""
-    from sacrebleu.metrics import BLEU, CHRF
-
-    metrics = {"bleu": BLEU(), "chrf": CHRF(), "chrf_pp": CHRF(word_order=2)}
+    metrics = sacrebleu_metrics()
     values = {k: m.corpus_score(list(hypotheses), [list(references)]).score for k, m in metrics.items()}
     signatures = {k: str(m.get_signature()) for k, m in metrics.items()}
     return Scores(values["bleu"], values["chrf"], values["chrf_pp"], signatures, len(hypotheses))
