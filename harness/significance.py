@@ -64,7 +64,7 @@ def intervals(hypotheses: Sequence[str], references: Sequence[str], resamples: i
     with fixed_seed(seed):
         for key in keys:
             result = metrics[key].corpus_score(list(hypotheses), [list(references)], n_bootstrap=resamples)
-            out[key] = Interval(result.score, result._mean, result._ci)
+            out[key] = Interval(float(result.score), float(result._mean), float(result._ci))
     return out
 
 
