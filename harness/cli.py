@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   python run_benchmark.py --techniques all                      every technique + the zero-shot baseline
   python run_benchmark.py --config quick --techniques lora,qlora  a smoke run in a few minutes
   python run_benchmark.py --search optuna --techniques lora --trials 4 --config quick
+  python run_benchmark.py --techniques lora,qlora --seeds 3      every configuration with 3 seeds, mean ± sd
   python run_benchmark.py --models gemma-3-270m,smollm2-135m --techniques lora --config quick
   python run_benchmark.py --set train.lr=3e-4 --set data.max_train_samples=200
   python run_benchmark.py --set data.dataset=../shared/data/eng-tur/train.tsv \\

@@ -109,7 +109,7 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation after each epoch: teacher-forced loss and generation-based BLEU/chrF."""
 
-    validation_samples: int = 50  # validation sentences translated after every epoch (model selection)
+    validation_samples: int = 50  # validation sentences translated after every epoch (0: none; eval loss only)
     test_samples: int = 100  # test sentences translated once, with the best epoch's adapter (leaderboard)
     batch_size: int = 32  # teacher-forced eval-loss batches
     generation_batch_size: int = 64  # larger batches amortise reading the weights at every decoding step
@@ -408,7 +408,8 @@ def validate(cfg: BenchConfig) -> None:
         _require(0 < value < 0.5, f"data.{key}", value, "it must be between 0 and 0.5", "0.1")
     _require("{source}" in d.prompt_template, "data.prompt_template", d.prompt_template,
              "the template must contain the placeholder {source}", "'English: {source}\\nTurkish:'")
-    _require(e.validation_samples >= 1, "eval.validation_samples", e.validation_samples, "it must be >= 1", "50")
+    _require(e.validation_samples >= 0, "eval.validation_samples", e.validation_samples,
+             "it must be >= 0 (0: no translation after each epoch)", "50")
     _require(e.test_samples >= 1, "eval.test_samples", e.test_samples, "it must be >= 1", "100")
     _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "it must be >= 1", "32")
     _require(e.generation_batch_size >= 1, "eval.generation_batch_size", e.generation_batch_size,

@@ -189,6 +189,9 @@ def evaluate_epoch(
     start = time.perf_counter()
     loss, ppl = eval_loss(model, validation, eval_cfg.batch_size, tokenizer.pad_token_id, device)
     loss_seconds = time.perf_counter() - start
+    if not validation_pairs:  # eval.validation_samples=0: selection on eval loss, no per-epoch translation
+        return {"eval_loss": loss, "eval_ppl": ppl, "eval_seconds": round(loss_seconds, 2),
+                "eval_loss_seconds": round(loss_seconds, 2)}
     scores, _, gen_seconds = generation_scores(model, tokenizer, validation_pairs, data_cfg, eval_cfg)
     return {
         "eval_loss": loss,
