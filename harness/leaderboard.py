@@ -441,8 +441,9 @@ def footer(board: Board, not_compared: list[str]) -> list[str]:
                      "translations (each test sentence once per seed, paired seed by seed)")
     validation = _number(first.get("validation_used"))
     if u.selection == "eval_loss":
-        size = f" ({int(validation)} pairs)" if validation else ""
-        lines.append(f"best epoch: lowest eval loss over the whole validation split{size}")
+        size = f"{int(validation)} " if validation else ""
+        lines.append(f"best epoch: lowest eval loss over all {size}validation pairs (every target token; "
+                     "data.max_validation_samples caps them)")
     else:
         size = _number(first.get("validation_translated"))
         lines.append(f"best epoch: highest chrF of {int(size) if size else '?'} translated validation sentences")

@@ -138,7 +138,7 @@ def test_identical_rows_tie_and_a_clearly_better_row_does_not(tmp_path):
     text = board.render()
     assert re.search(rf"1=\s+tiny\s+lora .*{a['chrf']:.1f} ± {a['chrf_ci']:.1f}", text)
     assert "300 resamples, seed 5" in text and "p >= 0.05" in text
-    assert "best epoch: lowest eval loss over the whole validation split (24 pairs)" in text
+    assert "best epoch: lowest eval loss over all 24 validation pairs" in text
     leaderboard.write_files(board, run)
     header = (run / "leaderboard.csv").read_text().splitlines()[0].split(",")
     assert {"chrf_low", "chrf_high", "bleu_low", "bleu_high", "p_vs_first", "p_vs_baseline"} <= set(header)
