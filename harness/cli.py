@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   python run_benchmark.py --techniques all                      every technique + the zero-shot baseline
   python run_benchmark.py --config quick --techniques lora,qlora  a smoke run in a few minutes
   python run_benchmark.py --search optuna --techniques lora --trials 4 --config quick
+  python run_benchmark.py --techniques lora,qlora --seeds 3      every configuration with 3 seeds, mean ± sd
   python run_benchmark.py --models gemma-3-270m,smollm2-135m --techniques lora --config quick
   python run_benchmark.py --set train.lr=3e-4 --set data.max_train_samples=200
   python run_benchmark.py --set data.dataset=../shared/data/eng-tur/train.tsv \\
@@ -34,7 +35,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma list of base models: a grid of models x techniques")
     p.add_argument("--search", choices=["none", "optuna"], help="hyper-parameter search [none]")
     p.add_argument("--trials", type=int, help="search trials per technique [4]")
-    p.add_argument("--metric", choices=["chrf", "bleu", "eval_loss"], help="what ranks and what the search optimises")
+    p.add_argument("--seeds", type=int, help="train every configuration with this many seeds [1]")
+    p.add_argument("--metric", choices=["chrf", "bleu", "eval_loss"], help="what ranks the board (the best epoch and the search use eval.selection)")
     p.add_argument("--scheduler", choices=["none", "asha"], help="ASHA stops poor search trials after early epochs")
     p.add_argument("--max-concurrent", type=int, help="trials at once [by device: GPUs, 1 on MPS, cores/4 on CPU]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
@@ -53,7 +55,7 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
     """Explicit flags as a nested dict; `--set` overrides are applied after these."""
     run: dict[str, Any] = {}
     for flag, key in (("techniques", "techniques"), ("models", "models"), ("search", "search"),
-                      ("trials", "trials"), ("metric", "metric"), ("scheduler", "scheduler"),
+                      ("trials", "trials"), ("seeds", "seeds"), ("metric", "metric"), ("scheduler", "scheduler"),
                       ("max_concurrent", "max_concurrent"), ("device", "device"), ("ray_address", "ray_address"),
                       ("name", "name"), ("results_dir", "results_dir")):
         value = getattr(args, flag)
@@ -75,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         from harness.config import load_config
 
         if args.resume:
-            given = [f for f in ("config", "techniques", "models", "search") if getattr(args, f)] + (
+            given = [f for f in ("config", "techniques", "models", "search", "seeds") if getattr(args, f)] + (
                 ["set"] if args.overrides else [])
             if given:
                 raise BenchError(

@@ -25,6 +25,9 @@ DEFAULT_PRESET = "default"
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
 DType = Literal["auto", "float32", "bfloat16", "float16"]
+# Below this, chrF of a validation sample moves by several points between equally good epochs (8 sentences
+# did); eval loss, averaged over every target token of the validation split, is the default signal.
+MIN_CHRF_SELECTION_SENTENCES = 100
 
 
 @dataclass
@@ -107,12 +110,17 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation after each epoch: teacher-forced loss and generation-based BLEU/chrF."""
 
-    validation_samples: int = 50  # validation sentences translated after every epoch (model selection)
+    validation_samples: int = 50  # validation sentences translated after every epoch (0: none; eval loss only)
     test_samples: int = 100  # test sentences translated once, with the best epoch's adapter (leaderboard)
     batch_size: int = 32  # teacher-forced eval-loss batches
     generation_batch_size: int = 64  # larger batches amortise reading the weights at every decoding step
     max_new_tokens: int = 64  # each sentence is also capped at 3x its source tokens + 8
     num_beams: int = 1
+    # Model selection (best epoch) and the search objective: eval loss over the whole validation split, or
+    # chrF of the translated validation sample (allowed from MIN_CHRF_SELECTION_SENTENCES sentences up).
+    selection: Literal["eval_loss", "chrf"] = "eval_loss"
+    bootstrap_resamples: int = 1000  # sacrebleu's bootstrap: confidence intervals and the paired test
+    bootstrap_seed: int = 12345  # sacrebleu's own default seed (SACREBLEU_SEED)
 
 
 @dataclass
@@ -132,6 +140,9 @@ class RunSettings:
     device: Device = "auto"
     ray_address: str | None = None
     max_failures: int = 1  # Ray retries of a crashed (not a raising) trial
+    seeds: int = 1  # every configuration trained with seeds train.seed, train.seed+1, ... (data order, init, dropout)
+    significance_test: Literal["paired_bootstrap", "approximate_randomization"] = "paired_bootstrap"
+    significance_level: float = 0.05  # rows whose p-value against #1 is at or above it share rank 1
 
 
 @dataclass
@@ -388,18 +399,29 @@ def validate(cfg: BenchConfig) -> None:
         _require(0 < value < 0.5, f"data.{key}", value, "it must be between 0 and 0.5", "0.1")
     _require("{source}" in d.prompt_template, "data.prompt_template", d.prompt_template,
              "the template must contain the placeholder {source}", "'English: {source}\\nTurkish:'")
-    _require(e.validation_samples >= 1, "eval.validation_samples", e.validation_samples, "it must be >= 1", "50")
+    _require(e.validation_samples >= 0, "eval.validation_samples", e.validation_samples,
+             "it must be >= 0 (0: no translation after each epoch)", "50")
     _require(e.test_samples >= 1, "eval.test_samples", e.test_samples, "it must be >= 1", "100")
     _require(e.batch_size >= 1, "eval.batch_size", e.batch_size, "it must be >= 1", "32")
     _require(e.generation_batch_size >= 1, "eval.generation_batch_size", e.generation_batch_size,
              "it must be >= 1", "64")
     _require(e.max_new_tokens >= 1, "eval.max_new_tokens", e.max_new_tokens, "it must be >= 1", "64")
     _require(e.num_beams >= 1, "eval.num_beams", e.num_beams, "it must be >= 1", "1")
+    _require(e.bootstrap_resamples >= 100, "eval.bootstrap_resamples", e.bootstrap_resamples,
+             "a 95% interval needs at least 100 bootstrap resamples", "1000")
+    if e.selection == "chrf":
+        _require(e.validation_samples >= MIN_CHRF_SELECTION_SENTENCES, "eval.validation_samples",
+                 e.validation_samples, f"with eval.selection=chrf the best epoch is chosen on this many translated "
+                 f"validation sentences, and fewer than {MIN_CHRF_SELECTION_SENTENCES} give a chrF too noisy to "
+                 "choose on (or use eval.selection=eval_loss)", str(MIN_CHRF_SELECTION_SENTENCES))
     validate_peft_params(vars(p), "peft")
     _require(r.trials >= 1, "run.trials", r.trials, "at least one trial per technique is needed", "4")
     if r.max_concurrent is not None:
         _require(r.max_concurrent >= 1, "run.max_concurrent", r.max_concurrent, "it must be >= 1", "1")
     _require(r.max_failures >= 0, "run.max_failures", r.max_failures, "it must be >= 0", "1")
+    _require(r.seeds >= 1, "run.seeds", r.seeds, "every configuration needs at least one seed", "3")
+    _require(0 < r.significance_level < 1, "run.significance_level", r.significance_level,
+             "it must be between 0 and 1", "0.05")
     if cfg.model.fp16 and cfg.model.bf16:
         raise BenchError(
             "config keys 'model.fp16' and 'model.bf16' are both true; choose one (or neither, for the "

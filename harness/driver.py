@@ -22,7 +22,7 @@ from harness import ray_watchdog
 from harness.config import BenchConfig, config_from_dict
 from harness.devices import resolve_device
 from harness.errors import BenchError
-from harness.io import atomic_write_json, read_json
+from harness.io import atomic_write_json, read_json, read_jsonl
 from harness.data import load_splits
 from harness.models import check_hub, resolve_source
 from harness.provenance import commit, versions
@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 RUN_FILE = "run.json"
 TRIALS = "trials"
 RAY_DIR = "ray"
+SEED_FILE = "seed.json"
 WORST = {"chrf": 0.0, "bleu": 0.0, "eval_loss": 1e9}  # reported for a trial that failed before any epoch
 REPORTED = ("epoch", "step", "train_loss", "train_ppl", "eval_loss", "eval_ppl", "bleu", "chrf", "chrf_pp",
             "tokens_per_s", "train_seconds", "peak_memory_mb", "diverged")
@@ -157,11 +158,23 @@ def worker_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def seeds_of(cfg: BenchConfig, trains: bool) -> list[int]:
+    """train.seed, train.seed+1, ... (run.seeds of them); a technique that trains nothing needs one."""
+    return [cfg.train.seed + k for k in range(cfg.run.seeds if trains else 1)]
+
+
+def selection_mode(cfg: BenchConfig) -> tuple[str, str]:
+    """The search objective: the signal that also picks each trial's best epoch (validation data only)."""
+    return cfg.eval.selection, ("min" if cfg.eval.selection == "eval_loss" else "max")
+
+
 def trial_function(params: dict[str, Any], *, run_dir: str, config: dict[str, Any], fixed: dict[str, Any]) -> None:
-    """One Ray Tune trial: a plain function around `training.run_trial` that reports each epoch."""
+    """One Ray Tune trial = one configuration: a plain function around `training.run_trial` that reports each
+    epoch. With run.seeds > 1 it trains the configuration once per seed, one after another, each seed in its
+    own trial folder, and reports the seed mean last (so a search's objective is the seed mean)."""
     from ray import tune
 
-    from harness.training import TrialSpec, mark_failed, resolve_hyperparameters, run_trial
+    from harness.training import resolve_hyperparameters
 
     worker_logging()
     ctx = tune.get_context()
@@ -173,40 +186,93 @@ def trial_function(params: dict[str, Any], *, run_dir: str, config: dict[str, An
     cfg.model.name = model
     hp = resolve_hyperparameters(technique, cfg, choice)
     trial_id = ctx.get_trial_id()
-    folder = Path(run_dir) / TRIALS / trial_dir_name(model, technique.name, trial_id)
+    seeds = seeds_of(cfg, technique.trains)
+    metric = selection_mode(cfg)[0]
+    checkpoint = tune.get_checkpoint()
+    outcomes, skipped = [], 0
+    for seed in seeds:
+        name = trial_id if len(seeds) == 1 else f"{trial_id}-s{seed}"
+        folder = Path(run_dir) / TRIALS / trial_dir_name(model, technique.name, name)
+        status = read_json(folder / "status.json") if (folder / "status.json").is_file() else {}
+        if status.get("status") in FINAL:  # done before an interruption: kept, not trained again
+            outcomes.append((folder, status))
+            skipped += 1
+            continue
+        seed_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
+        result = run_seed(seed_cfg, technique, hp, model, device, trial_id, folder, checkpoint,
+                          final_report=len(seeds) == 1)
+        outcomes.append((folder, result))
+    # Several seeds, or a trial restored after all its seeds had finished: the seed mean is its last result.
+    if len(seeds) > 1 or skipped == len(seeds):
+        values = [v for v in (best_value(folder, metric) for folder, _ in outcomes) if v is not None]
+        tune.report({metric: sum(values) / len(values) if values else WORST[metric], "seeds": len(values),
+                     "seed_values": values, "technique": technique.name,
+                     "status": "ok" if values else "failed"})
+
+
+FINAL = ("ok", "diverged", "failed")
+
+
+def best_value(folder: Path, metric: str) -> float | None:
+    """The selection signal at a finished seed's best epoch (what picked its adapter)."""
+    status = read_json(folder / "status.json") if (folder / "status.json").is_file() else {}
+    rows = read_jsonl(folder / "metrics.jsonl") if (folder / "metrics.jsonl").is_file() else []
+    if status.get("status") not in ("ok", "diverged") or status.get("best_epoch") is None:
+        return None
+    row = next((r for r in rows if r.get("epoch") == status["best_epoch"]), {})
+    return row.get(metric)
+
+
+def run_seed(cfg: BenchConfig, technique: Any, hp: dict[str, Any], model: str, device: str, trial_id: str,
+             folder: Path, checkpoint: Any, final_report: bool) -> dict[str, Any]:
+    """Train and test one seed of a configuration in `folder`, reporting each epoch to Ray Tune."""
+    from ray import tune
+
+    from harness.training import TrialSpec, mark_failed, run_trial
+
+    ctx = tune.get_context()
+    seed = cfg.train.seed
     folder.mkdir(parents=True, exist_ok=True)
     cpus = int(ctx.get_trial_resources().required_resources.get("CPU", 1))
     atomic_write_json(folder / "trial.json", {
         "trial_id": trial_id, "ray_trial_dir": ctx.get_trial_dir(), "technique": technique.name,
         "label": technique.label(hp), "model": model, "hp": hp, "device": device, "cpus": cpus,
+        "seed": seed, "config_id": trial_id, "seeds": cfg.run.seeds if technique.trains else 1,
     })
-    metric = cfg.run.metric
+    metric = selection_mode(cfg)[0]
     reported = {"n": 0}
 
     def reporter(row: dict[str, Any], checkpoint_dir: Path | None) -> None:
         metrics = {k: row[k] for k in REPORTED if k in row and row[k] is not None}
-        metrics.update(trial_dir=str(folder), technique=technique.name)
+        metrics.update(trial_dir=str(folder), technique=technique.name, seed=seed)
         reported["n"] += 1
         if checkpoint_dir is None:
             tune.report(metrics)
         else:
+            # Which seed the checkpoint belongs to: a restored trial resumes only that seed from it.
+            atomic_write_json(checkpoint_dir / SEED_FILE, {"seed": seed})
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
 
     spec = TrialSpec(trial_id=trial_id, technique=technique.name, hp=hp, config=cfg, trial_dir=folder,
-                     device=device, threads=cpus, extra={"ray_trial_id": trial_id})
-    checkpoint = tune.get_checkpoint()
+                     device=device, threads=cpus, extra={"ray_trial_id": trial_id, "seed": seed})
     try:
+        resumed = False
         if checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
-                result = run_trial(spec, reporter, resume_from=Path(resume_dir))
-        else:
+                marker = Path(resume_dir) / SEED_FILE
+                # Checkpoints written before seeds existed carry no marker: they are the only seed's.
+                if not marker.is_file() or read_json(marker).get("seed") == seed:
+                    resumed = True
+                    result = run_trial(spec, reporter, resume_from=Path(resume_dir))
+        if not resumed:
             result = run_trial(spec, reporter)
     except Exception as exc:  # noqa: BLE001 - one bad trial must not end the run; the error is recorded
-        log.exception("trial %s failed", trial_id)
+        log.exception("trial %s (seed %d) failed", trial_id, seed)
         result = mark_failed(folder, exc)
-    if reported["n"] == 0 or result["status"] == "failed":
+    if final_report and (reported["n"] == 0 or result["status"] == "failed"):
         tune.report({**WORST, metric: WORST[metric], "status": result["status"], "trial_dir": str(folder),
                      "technique": technique.name})
+    return result
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -276,7 +342,7 @@ def build_tuner(exp: Experiment, cfg: BenchConfig, run_dir: Path, device: str, c
     concurrent = cfg.run.max_concurrent or default_concurrency(device, cpus, gpus)
     resources = trial_resources(device, cpus, gpus, concurrent)
     fixed: dict[str, Any] = {"device": device}
-    metric, mode = cfg.run.metric, ("min" if cfg.run.metric == "eval_loss" else "max")
+    metric, mode = selection_mode(cfg)
     scheduler = None
     if exp.search:
         from ray.tune.search.optuna import OptunaSearch
@@ -289,7 +355,9 @@ def build_tuner(exp: Experiment, cfg: BenchConfig, run_dir: Path, device: str, c
         if cfg.run.scheduler == "asha":
             from ray.tune.schedulers import ASHAScheduler
 
-            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs, grace_period=1,
+            # One report per epoch and seed, plus the seed mean when there are several seeds.
+            reports = cfg.train.epochs * cfg.run.seeds + (1 if cfg.run.seeds > 1 else 0)
+            scheduler = ASHAScheduler(time_attr="training_iteration", max_t=reports, grace_period=1,
                                       reduction_factor=2)
     else:
         space = {"model": tune.grid_search(exp.models), "technique": tune.grid_search(exp.techniques)}

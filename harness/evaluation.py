@@ -24,6 +24,7 @@ from harness.errors import BenchError
 from harness.losses import target_loss
 from harness.lora_paths import merged_lora
 from harness.packing import is_prompt_learning, make_batch, packing_unsupported
+from harness.significance import sacrebleu_metrics
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +165,7 @@ def translate(
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
     """Corpus BLEU, chrF and chrF++ (sacrebleu defaults), with their signatures."""
-    from sacrebleu.metrics import BLEU, CHRF
-
-    metrics = {"bleu": BLEU(), "chrf": CHRF(), "chrf_pp": CHRF(word_order=2)}
+    metrics = sacrebleu_metrics()
     values = {k: m.corpus_score(list(hypotheses), [list(references)]).score for k, m in metrics.items()}
     signatures = {k: str(m.get_signature()) for k, m in metrics.items()}
     return Scores(values["bleu"], values["chrf"], values["chrf_pp"], signatures, len(hypotheses))
@@ -198,6 +197,9 @@ def evaluate_epoch(
     start = time.perf_counter()
     loss, ppl = eval_loss(model, validation, eval_cfg.batch_size, tokenizer.pad_token_id, device)
     loss_seconds = time.perf_counter() - start
+    if not validation_pairs:  # eval.validation_samples=0: selection on eval loss, no per-epoch translation
+        return {"eval_loss": loss, "eval_ppl": ppl, "eval_seconds": round(loss_seconds, 2),
+                "eval_loss_seconds": round(loss_seconds, 2)}
     scores, _, gen_seconds = generation_scores(model, tokenizer, validation_pairs, data_cfg, eval_cfg)
     return {
         "eval_loss": loss,

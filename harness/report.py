@@ -158,7 +158,8 @@ def _baselines(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _scatter_cost(ax: Axes, frame: pd.DataFrame, x: str, xlabel: str, log_x: bool) -> None:
-    """Test chrF against one cost column; each point labelled by technique; baselines as horizontal lines."""
+    """Test chrF against one cost column, each point with its 95% interval as an error bar and labelled by
+    technique; baselines as horizontal lines."""
     labels, colors = trial_labels(frame), trial_colors(frame)
     ax.set_title(f"test chrF vs {xlabel}")
     base = _baselines(frame)
@@ -166,10 +167,12 @@ def _scatter_cost(ax: Axes, frame: pd.DataFrame, x: str, xlabel: str, log_x: boo
     drawn = 0
     if not points.empty and x in points and "chrf" in points:
         xs, ys = _numbers(points[x]), _numbers(points["chrf"])
+        spread = _numbers(points["chrf_ci"]) if "chrf_ci" in points else pd.Series(float("nan"), index=points.index)
         keep = xs.notna() & ys.notna() & (xs > 0 if log_x else True)
         for i in points.index[keep]:
             trial = str(points.at[i, "trial"])
-            ax.scatter(xs[i], ys[i], s=40, zorder=3, color=colors.get(trial))
+            ax.errorbar(xs[i], ys[i], yerr=None if pd.isna(spread[i]) else spread[i], fmt="o", markersize=6,
+                        capsize=3, zorder=3, color=colors.get(trial))
             ax.annotate(labels.get(trial, trial), (xs[i], ys[i]), textcoords="offset points", xytext=(5, 4),
                         fontsize="small")
             drawn += 1
@@ -181,12 +184,15 @@ def _scatter_cost(ax: Axes, frame: pd.DataFrame, x: str, xlabel: str, log_x: boo
         if pd.notna(value):
             name = f" {Path(str(row['model'])).name}" if several_models else ""
             ax.axhline(float(value), linestyle="--", color="gray", label=f"zero-shot{name} ({float(value):.1f})")
+            ci = pd.to_numeric(row.get("chrf_ci"), errors="coerce")
+            if pd.notna(ci):
+                ax.axhspan(float(value) - float(ci), float(value) + float(ci), color="gray", alpha=0.12)
             drawn += 1
     if not drawn:
         _empty_note(ax, "no test scores yet")
         return
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test chrF")
+    ax.set_ylabel("test chrF (bars: 95% interval)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small", loc="lower right")
@@ -265,6 +271,35 @@ def _markdown_block(text: str) -> list[str]:
     return out
 
 
+def pvalue_section(board: Any) -> list[str]:
+    """A technique x technique table of p-values (the board's paired test on its ranking metric): a cell is
+    the p-value of the row's configuration against the column's; '-' where they were scored on different
+    sentences."""
+    frame = board.frame
+    if frame.empty or "config" not in frame or board.metric not in ("bleu", "chrf"):
+        return []
+    rows = frame[frame["status"].isin(["ok", "stopped"]) & frame["config"].isin(board.texts)]
+    if len(rows) < 2:
+        return []
+    keys = list(rows["config"])
+    names = [md_cell(f"{r['rank_label']} {r['technique']} {r['params']}".strip()) for _, r in rows.iterrows()]
+    matrix = {key: board.pvalues(key, [k for k in keys if k != key]) for key in keys}
+    u = board.uncertainty
+    lines = ["## Significance", "",
+             f"p-values of the paired test ({u.test.replace('_', ' ')}, {u.resamples} samples, seed {u.seed}) "
+             f"on test {board.metric} between every two configurations; below {u.level} the two differ "
+             "significantly (**bold**).", "",
+             "| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for key, name in zip(keys, names):
+        cells = []
+        for other in keys:
+            p = matrix[key].get(other)
+            cells.append("" if other == key else "-" if p is None else
+                         f"**{p:.3f}**" if p < u.level else f"{p:.3f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def render_markdown(run_dir: Path, board: Any, images: dict[str, str]) -> str:
     """The whole report.md text: leaderboard, plots, per-epoch table, example translations."""
     run = read_json(run_dir / "run.json") if (run_dir / "run.json").is_file() else {}
@@ -277,6 +312,7 @@ def render_markdown(run_dir: Path, board: Any, images: dict[str, str]) -> str:
     lines += [f"- base model(s): {md_cell(models)}", f"- dataset: {md_cell(dataset)}",
               f"- trials: {len(frame)}", f"- ranked by: {board.metric}", ""]
     lines += ["## Leaderboard", ""] + _markdown_block(board.render(fmt="github")) + [""]
+    lines += pvalue_section(board)
     lines += ["## Plots", ""]
     for title, rel in images.items():
         lines += [f"### {title}", "", f"![{title}]({rel})", ""]

@@ -227,7 +227,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
         files.restore(progress.pop("rows"), progress.pop("steps"))
         log.info("trial %s resumed after epoch %d (step %d)", spec.trial_id, progress["epoch"], progress["step"])
 
-    metric, higher_is_better = cfg.run.metric, cfg.run.metric != "eval_loss"
+    # The best epoch is chosen on validation data only, by the configured (stable) signal, never on test.
+    metric, higher_is_better = cfg.eval.selection, cfg.eval.selection != "eval_loss"
     model.train()
     for epoch in range(progress["epoch"] + 1, train_cfg.epochs + 1):
         # 5. One epoch of optimizer steps.

@@ -125,6 +125,7 @@ class Target:
     origin: str = ""
     # The batch the run's evaluation translated with, so a file translates as fast as the run's test set.
     batch_size: int = field(default_factory=lambda: EvalConfig().generation_batch_size)
+    note: str = ""  # a one-line caveat about the choice (the best is not significantly ahead of its runner-up)
 
 
 @dataclass
@@ -295,7 +296,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
     results_dir = Path(args.results_dir)
     adapter: Path | None = None
     option = "--adapter"
-    origin = ""
+    origin = note = ""
     if args.adapter:
         adapter = Path(args.adapter).expanduser()
         origin = f"adapter {adapter}"
@@ -309,6 +310,7 @@ def resolve_target(args: argparse.Namespace) -> Target:
         origin = (f"best adapter{' of ' + args.model if args.model else ''}: {entry.get('technique')} "
                   f"{entry.get('params', '')} ({entry.get('run')}/{entry.get('trial')}, "
                   f"{entry.get('metric')} {entry.get('value')})")
+        note = tie_note(entry)
         if not adapter.exists():
             raise BenchError(f"{option}: the adapter recorded in '{results_dir / BEST_FILE}', '{adapter}', does "
                              "not exist any more (deleted or moved). Run a benchmark again, point --results-dir "
@@ -340,7 +342,8 @@ def resolve_target(args: argparse.Namespace) -> Target:
     hp = dict((record or {}).get("hp") or {})
     target = Target(model_cfg, data_cfg, None if args.no_adapter else adapter, technique, hp,
                     adapter_cfg.get("peft_type"), adapter_cfg.get("base_model_name_or_path"),
-                    "base model alone" if args.no_adapter else origin, batch_size)
+                    "base model alone" if args.no_adapter else origin, batch_size,
+                    "" if args.no_adapter else note)
     if args.merge_and_save:
         check_mergeable(target, args.merge_and_save)
         if technique and technique_model_cfg(model_cfg, technique, hp, option) != model_cfg:
@@ -348,6 +351,15 @@ def resolve_target(args: argparse.Namespace) -> Target:
     elif target.adapter is not None and technique:
         target.model_cfg = technique_model_cfg(target.model_cfg, technique, hp, f"{option} {adapter}")
     return target
+
+
+def tie_note(entry: dict[str, Any]) -> str:
+    """A note when best.json says the best adapter is not significantly better than the runner-up."""
+    if entry.get("significant_vs_runner_up") is not False:
+        return ""
+    return (f"note: the best adapter ({entry.get('technique')} {entry.get('params', '')}".rstrip() +
+            f") is not significantly better than the runner-up ({entry.get('runner_up')}, p = "
+            f"{entry.get('p_vs_runner_up'):.3f} >= {entry.get('significance_level', 0.05)}); either would do")
 
 
 def technique_model_cfg(model_cfg: ModelConfig, technique: str, hp: dict[str, Any], where: str) -> ModelConfig:
@@ -543,6 +555,8 @@ def run(args: argparse.Namespace) -> int:
     """Everything after parsing: resolve, read input, load, translate (and merge)."""
     check_options(args)
     target = resolve_target(args)
+    if target.note:
+        print(target.note, file=sys.stderr)
     from harness.devices import resolve_device
 
     device = resolve_device(args.device)
