@@ -184,7 +184,8 @@ class Technique:
             elif isinstance(space, IntRange):
                 parts.append(f"{key}∈[{space.low},{space.high}]")
             else:
-                parts.append(f"{key}∈{{{','.join(repr(o) if isinstance(o, str) else str(o) for o in space.options)}}}")
+                options = ",".join(repr(o) if isinstance(o, str) else str(o) for o in space.options)
+                parts.append(f"{key}∈{{{options}}}")
         return " ".join(parts) or "(nothing to search)"
 
     def __repr__(self) -> str:
