@@ -416,11 +416,12 @@ def validate_hyperparameters(cfg: BenchConfig) -> None:
     for name in registry.names():
         tech = registry.get(name)
         for key in tech.defaults:
-            takers.setdefault(key, []).append(tech)
+            if key != "lr":  # the shared learning rate is train.lr
+                takers.setdefault(key, []).append(tech)
     for key, value in cfg.peft.items():
         if key not in takers:
             raise BenchError(
-                f"config key 'peft.{key}' is not a hyper-parameter of any technique.{closest(key, takers)} "
+                f"config key 'peft.{key}' is not a shared hyper-parameter of any technique.{closest(key, takers)} "
                 f"Shared hyper-parameters: {', '.join(sorted(takers))} (the learning rate is train.lr)."
             )
         for tech in takers[key]:
