@@ -17,7 +17,8 @@ class AdaLoRA(Technique):
     groups: tuple[str, ...] = ("lora-family",)
     mergeable = True
     defaults: Mapping[str, Any] = {
-        "lr": 1e-3,
+        # E starts at zero and A, B small, so the update grows slowly: a higher rate than LoRA's on short budgets.
+        "lr": 5e-3,
         "init_r": 12,
         "target_r": 8,  # average rank kept after allocation
         "alpha": 32,
@@ -29,7 +30,7 @@ class AdaLoRA(Technique):
         "tfinal": 0.2,
     }
     search_space = {
-        "lr": LogUniform(1e-4, 3e-3),
+        "lr": LogUniform(1e-3, 2e-2),
         "init_r": Choice((8, 12, 16)),
         "target_r": Choice((4, 8)),
         "alpha": Choice((16, 32)),
