@@ -123,3 +123,14 @@ def test_help_lists_every_technique():
     text = parser().format_help()
     assert all(f"  {name}" in text for name in registry.names())
     assert "lora-family" in text and "--list-techniques" in text
+
+
+def test_a_technique_can_refuse_packed_batches(tiny_llama):
+    from harness.training import uses_packing
+
+    _, tech, _, model, _ = _wrapped(tiny_llama, "lora")
+
+    class Unpacked(type(tech)):
+        packed_batches = False
+
+    assert uses_packing(model, True, tech) and not uses_packing(model, True, Unpacked())
