@@ -370,7 +370,7 @@ def check_mergeable(target: Target, out_dir: str) -> None:
     if not is_mergeable(target):
         name = target.technique or target.peft_type
         raise BenchError(f"--merge-and-save {out_dir}: the adapter is {name} (peft type {target.peft_type}); only "
-                         "adapters that change the base weights (LoRA and its variants, IA3, LoHa, ...) can be "
+                         "adapters that change the base weights (LoRA-family and the other weight adapters) can be "
                          f"merged into them. Translate with the adapter instead: drop --merge-and-save.")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
