@@ -49,9 +49,8 @@ class Board:
         for col in ("epochs", "best_epoch", "rank"):
             shown[col] = shown[col].map(lambda v: "-" if pd.isna(v) else str(int(v)))
         headers = ["#", "model", "technique", "hyper-parameters", "trainable", "% of base", "adapter MB", "epochs",
-                   "best ep",
-                   "eval loss", "eval ppl", "BLEU", "chrF", "chrF++", "train s", "tok/s", "peak MB", "weights MB",
-                   "device", "status"]
+                   "best ep", "eval loss", "eval ppl", "BLEU", "chrF", "chrF++", "train s", "tok/s", "peak MB",
+                   "weights MB", "device", "status"]
         return tabulate(_cells(shown), headers=headers, tablefmt=fmt, floatfmt=".2f", missingval="-")
 
     def render(self, model: str | None = None, fmt: str = "simple") -> str:
