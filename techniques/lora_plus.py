@@ -7,8 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from techniques.base import Choice, Rule
 from techniques.lora import LoRA
 
@@ -26,6 +24,7 @@ class LoRAPlus(LoRA):
     rules = {**LoRA.rules, "loraplus_lr_ratio": RATIO}
 
     def optimizer(self, model: Any, hp: Mapping[str, Any], weight_decay: float) -> Any:
+        import torch
         from peft.optimizers import create_loraplus_optimizer
 
         return create_loraplus_optimizer(model, torch.optim.AdamW, lr=float(hp["lr"]),
