@@ -4,6 +4,7 @@ the loop's counters. Written at epoch ends, so a resumed trial replays exactly w
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,15 @@ DAMAGED = ("The checkpoint is damaged (an interrupted copy or a full disk?): del
            "Ray trial folder) and resume, so the trial trains again from the start.")
 
 
-def save_adapter(model: Any, folder: Path) -> None:
-    """The user-facing adapter: peft's save_pretrained in safetensors (reloads with PeftModel.from_pretrained),
-    plus the raw trainable tensors, which restore the exact training-time module (peft exports prefix tuning
-    with a projection as its computed prefixes, which a training model cannot take back)."""
-    model.save_pretrained(str(folder), safe_serialization=True)
+def save_adapter(model: Any, folder: Path, export: Callable[[Any, Path], None] | None = None) -> None:
+    """The user-facing adapter: `export` (the technique's; by default peft's save_pretrained in safetensors,
+    which reloads with PeftModel.from_pretrained), plus the raw trainable tensors, which restore the exact
+    training-time module (peft exports prefix tuning with a projection as its computed prefixes, which a
+    training model cannot take back)."""
+    if export is None:
+        model.save_pretrained(str(folder), safe_serialization=True)
+    else:
+        export(model, folder)
     save_trainable(model, folder)
 
 

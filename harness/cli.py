@@ -12,6 +12,8 @@ from harness.errors import BenchError
 EXAMPLES = """examples:
   python run_benchmark.py --techniques all                      every technique + the zero-shot baseline
   python run_benchmark.py --config quick --techniques lora,qlora  a smoke run in a few minutes
+  python run_benchmark.py --techniques lora-family --config quick  one group of techniques
+  python run_benchmark.py --list-techniques                      every technique, its groups and search space
   python run_benchmark.py --search optuna --techniques lora --trials 4 --config quick
   python run_benchmark.py --techniques lora,qlora --seeds 3      every configuration with 3 seeds, mean ± sd
   python run_benchmark.py --models gemma-3-270m,smollm2-135m --techniques lora --config quick
@@ -23,15 +25,34 @@ EXAMPLES = """examples:
 """
 
 
+def technique_listing() -> str:
+    """Every registered technique with its description and search space, then the named groups."""
+    from techniques import registry
+
+    lines = ["techniques (name: description; searched with --search optuna):"]
+    for name in registry.names():
+        tech = registry.get(name)
+        aliases = f" (also {', '.join(tech.aliases)})" if tech.aliases else ""
+        lines.append(f"  {name}{aliases}: {tech.description}")
+        lines.append(f"      search: {tech.describe_space()}")
+    lines.append("groups for --techniques:")
+    for group, members in registry.groups().items():
+        lines.append(f"  {group}: {', '.join(members)}")
+    return "\n".join(lines) + "\n"
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Fine-tune a causal LM for English->Turkish with parameter-efficient techniques "
-                    "(LoRA, QLoRA, prefix tuning, soft prompting) under Ray Tune, and rank them on one leaderboard.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+                    "(LoRA and its variants, other adapters, prompt learning, and full fine-tuning as the "
+                    "reference) under Ray Tune, and rank them on one leaderboard.",
+        epilog=EXAMPLES + "\n" + technique_listing(), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config", default=None, help="preset name (default, quick, ...) or a YAML file [default]")
-    p.add_argument("--techniques", help="'all' or a comma list, e.g. lora,qlora,prefix_tuning,soft_prompting")
+    p.add_argument("--techniques", help="'all', a group (lora-family, prompt-family, original) or a comma list of "
+                                        "names and groups, e.g. lora,dora,prompt-family (see below)")
+    p.add_argument("--list-techniques", action="store_true", help="list every technique and group, then exit")
     p.add_argument("--models", help="comma list of base models: a grid of models x techniques")
     p.add_argument("--search", choices=["none", "optuna"], help="hyper-parameter search [none]")
     p.add_argument("--trials", type=int, help="search trials per technique [4]")
@@ -68,6 +89,9 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.list_techniques:
+        print(technique_listing(), end="")
+        return 0
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "urllib3", "filelock"):

@@ -71,20 +71,6 @@ class DataConfig:
 
 
 @dataclass
-class PeftParams:
-    """Technique hyper-parameters shared by all trials; null means 'the technique's own default'."""
-
-    r: int | None = None
-    alpha: int | None = None
-    dropout: float | None = None
-    target_modules: list[str] | str | None = None
-    num_virtual_tokens: int | None = None
-    prefix_projection: bool | None = None
-    encoder_hidden_size: int | None = None
-    init_text: str | None = None
-
-
-@dataclass
 class TrainConfig:
     """The train loop of one trial."""
 
@@ -149,7 +135,9 @@ class RunSettings:
 class BenchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    peft: PeftParams = field(default_factory=PeftParams)
+    # Hyper-parameters shared by all trials, e.g. {'r': 8}: each technique that takes a key uses it (null: the
+    # technique's own default). What a key means and which values are valid is the techniques' knowledge.
+    peft: dict[str, Any] = field(default_factory=dict)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     run: RunSettings = field(default_factory=RunSettings)
@@ -366,7 +354,7 @@ def _require(ok: bool, path: str, value: Any, rule: str, example: str) -> None:
 
 def validate(cfg: BenchConfig) -> None:
     """Range checks and names that must exist (techniques). Types were checked while building."""
-    t, d, e, p, r = cfg.train, cfg.data, cfg.eval, cfg.peft, cfg.run
+    t, d, e, r = cfg.train, cfg.data, cfg.eval, cfg.run
     if t.lr is not None:
         _require(t.lr > 0, "train.lr", t.lr, "the learning rate must be > 0", "3e-4")
     _require(t.batch_size >= 1, "train.batch_size", t.batch_size, "the batch size must be >= 1", "8")
@@ -414,7 +402,6 @@ def validate(cfg: BenchConfig) -> None:
                  e.validation_samples, f"with eval.selection=chrf the best epoch is chosen on this many translated "
                  f"validation sentences, and fewer than {MIN_CHRF_SELECTION_SENTENCES} give a chrF too noisy to "
                  "choose on (or use eval.selection=eval_loss)", str(MIN_CHRF_SELECTION_SENTENCES))
-    validate_peft_params(vars(p), "peft")
     _require(r.trials >= 1, "run.trials", r.trials, "at least one trial per technique is needed", "4")
     if r.max_concurrent is not None:
         _require(r.max_concurrent >= 1, "run.max_concurrent", r.max_concurrent, "it must be >= 1", "1")
@@ -427,48 +414,40 @@ def validate(cfg: BenchConfig) -> None:
             "config keys 'model.fp16' and 'model.bf16' are both true; choose one (or neither, for the "
             "device's best dtype). Fix: --set model.fp16=false."
         )
-    # Technique names are checked against the registry (which may hold third-party plugins).
+    validate_hyperparameters(cfg)
+
+
+def validate_hyperparameters(cfg: BenchConfig) -> None:
+    """Technique names exist (the registry may hold third-party plugins) and each technique accepts the
+    hyper-parameters given for it; the rules are the techniques' own."""
     from techniques import registry
 
+    r = cfg.run
     names = list(r.techniques) + [n for n in cfg.per_technique]
     registry.check_names([n for n in names if n != "all"], "run.techniques")
+    takers: dict[str, list[Any]] = {}
+    for name in registry.names():
+        tech = registry.get(name)
+        for key in tech.defaults:
+            if key != "lr":  # the shared learning rate is train.lr
+                takers.setdefault(key, []).append(tech)
+    for key, value in cfg.peft.items():
+        if key not in takers:
+            raise BenchError(
+                f"config key 'peft.{key}' is not a shared hyper-parameter of any technique.{closest(key, takers)} "
+                f"Shared hyper-parameters: {', '.join(sorted(takers))} (the learning rate is train.lr)."
+            )
+        for tech in takers[key]:
+            tech.check_value(key, value, "peft")
     for name, params in cfg.per_technique.items():
         if not isinstance(params, dict):
             raise BenchError(
                 f"config key 'per_technique.{name}' must be a mapping of hyper-parameters, got {params!r}. "
                 f"Fix: per_technique: {{{name}: {{lr: 0.001}}}}."
             )
-        tech = registry.get(name)
-        allowed = list(tech.defaults)
-        for key in params:
-            if key not in allowed:
-                raise BenchError(
-                    f"config key 'per_technique.{name}.{key}' is not a hyper-parameter of '{tech.name}'."
-                    f"{closest(key, allowed)} Its hyper-parameters: {', '.join(allowed)}."
-                )
-        validate_peft_params(params, f"per_technique.{name}")
-
-
-def validate_peft_params(params: dict[str, Any], path: str) -> None:
-    """Range rules of technique hyper-parameters, wherever they are given."""
-    rules = {
-        "r": (lambda v: isinstance(v, int) and v >= 1, "the LoRA rank must be an integer >= 1", "16"),
-        "alpha": (lambda v: isinstance(v, (int, float)) and v > 0, "LoRA alpha must be > 0", "32"),
-        "dropout": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "dropout must be in [0, 1)", "0.05"),
-        "num_virtual_tokens": (
-            lambda v: isinstance(v, int) and v >= 1, "the number of virtual tokens must be an integer >= 1", "20"
-        ),
-        "encoder_hidden_size": (lambda v: isinstance(v, int) and v >= 1, "it must be an integer >= 1", "256"),
-        "lr": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-               "the learning rate must be > 0", "3e-4"),
-    }
-    for key, value in params.items():
-        if value is None or key not in rules:
-            continue
-        if key == "lr" and isinstance(value, str):
+        if isinstance(params.get("lr"), str):  # YAML 1.1 reads '3e-4' as a string
             try:
-                value = params[key] = float(value)
+                params["lr"] = float(params["lr"])
             except ValueError:
                 pass
-        check, rule, example = rules[key]
-        _require(check(value), f"{path}.{key}", value, rule, example)
+        registry.get(name).validate(params, f"per_technique.{name}")

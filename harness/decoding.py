@@ -22,7 +22,13 @@ from harness.packing import base_model, is_prompt_learning
 
 
 def has_prefix_adapter(model: Any) -> bool:
-    return is_prompt_learning(model) and model.active_peft_config.peft_type in ("PREFIX_TUNING", "CARTRIDGE")
+    """Whether the adapter's virtual tokens are key/value prefixes (a cache) rather than input embeddings:
+    asked of the adapter itself (what its `get_prompt` returns), so no adapter type is named here."""
+    if not is_prompt_learning(model):
+        return False
+    with torch.no_grad():
+        prompt = model.get_prompt(batch_size=1, max_cache_len=model.active_peft_config.num_virtual_tokens + 1)
+    return not isinstance(prompt, torch.Tensor)
 
 
 def _cache_argument(model: Any) -> str:
@@ -68,13 +74,13 @@ def _prefill(
     n = config.num_virtual_tokens
     mask = torch.cat([attention_mask.new_ones(batch, n), attention_mask], dim=1)
     base = model.get_base_model()
-    if has_prefix_adapter(model):
+    prompt = model.get_prompt(batch, max_cache_len=n + input_ids.shape[1])
+    if not isinstance(prompt, torch.Tensor):  # key/value prefixes: the initial cache
         out, hidden = forward_hidden(base, input_ids=input_ids, attention_mask=mask, position_ids=positions + n,
-                                     use_cache=True,
-                                     **{cache_name: model.get_prompt(batch, max_cache_len=n + input_ids.shape[1])})
+                                     use_cache=True, **{cache_name: prompt})
         return out, hidden[:, -1], mask
     words = model.word_embeddings(input_ids)
-    embeds = torch.cat([model.get_prompt(batch_size=batch).to(words.dtype), words], dim=1)
+    embeds = torch.cat([prompt.to(words.dtype), words], dim=1)
     virtual = torch.arange(n, device=input_ids.device).expand(batch, n)
     out, hidden = forward_hidden(base, inputs_embeds=embeds, attention_mask=mask,
                                  position_ids=torch.cat([virtual, positions + n], 1), use_cache=True)

@@ -19,6 +19,7 @@ from typing import Any
 import pandas as pd
 from tabulate import tabulate
 
+from harness.checkpoint import TRAINABLE
 from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
 
@@ -28,8 +29,8 @@ BEST_FILE = "best.json"
 HIGHER_IS_BETTER = {"chrf": True, "bleu": True, "eval_loss": False}
 STATUS_ORDER = {"ok": 0, "stopped": 1, "diverged": 2, "failed": 3, "running": 4, "interrupted": 4}
 
-COLUMNS = ["rank", "model", "technique", "params", "trainable", "trainable_pct", "epochs", "best_epoch",
-           "eval_loss", "eval_ppl", "bleu", "chrf", "chrf_pp", "train_s", "tokens_per_s", "peak_mem_mb",
+COLUMNS = ["rank", "model", "technique", "params", "trainable", "trainable_pct", "adapter_mb", "epochs",
+           "best_epoch", "eval_loss", "eval_ppl", "bleu", "chrf", "chrf_pp", "train_s", "tokens_per_s", "peak_mem_mb",
            "weight_mem_mb", "device", "status"]
 SCORES = {"bleu": "BLEU", "chrf": "chrF", "chrf_pp": "chrF++"}
 OK = ("ok", "stopped")
@@ -86,6 +87,7 @@ class Board:
             shown["seeds"] = frame["seeds"].map(lambda v: "-" if pd.isna(v) else str(int(v)))
         shown["trainable"] = frame["trainable"].map(_count)
         shown["% of base"] = frame["trainable_pct"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}%")
+        shown["adapter MB"] = frame["adapter_mb"] if "adapter_mb" in frame else None
         for col, head in (("epochs", "epochs"), ("best_epoch", "best ep")):
             shown[head] = frame[col].map(lambda v: "-" if pd.isna(v) else str(int(v)))
         shown["eval loss"], shown["eval ppl"] = frame["eval_loss"], frame["eval_ppl"]
@@ -220,6 +222,12 @@ def read_predictions(folder: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
+def adapter_mb(folder: Path) -> float | None:
+    """Size on disk of what a deployer ships: the exported weights, not the resume copy of trainable tensors."""
+    files = [f for f in folder.glob("*.safetensors") if f.name != TRAINABLE] if folder.is_dir() else []
+    return round(sum(f.stat().st_size for f in files) / 2**20, 3) if files else None
+
+
 def trial_row(folder: Path, metric: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """One leaderboard row and the per-epoch rows of a trial folder."""
     trial, config, status = _read(folder / "trial.json"), _read(folder / "config.json"), _read(folder / "status.json")
@@ -237,6 +245,7 @@ def trial_row(folder: Path, metric: str) -> tuple[dict[str, Any], list[dict[str,
         "params": config.get("label") or trial.get("label", ""),
         "trainable": config.get("trainable_params"),
         "trainable_pct": config.get("trainable_pct"),
+        "adapter_mb": adapter_mb(folder / "adapter"),
         "total_params": config.get("total_params"),
         "epochs": status.get("epochs_done", len([r for r in epochs if r.get("epoch", 0) > 0])),
         "best_epoch": best_epoch,

@@ -70,7 +70,7 @@ def resolve_hyperparameters(
     """Technique defaults <- config's shared peft/train values <- per-technique overrides <- search values."""
     hp = dict(technique.defaults)
     for key in hp:
-        value = cfg.train.lr if key == "lr" else getattr(cfg.peft, key, None)
+        value = cfg.train.lr if key == "lr" else cfg.peft.get(key)
         if value is not None:
             hp[key] = value
     for name, params in cfg.per_technique.items():
@@ -150,7 +150,7 @@ def trial_record(spec: TrialSpec, technique: Technique, loaded: Any, model: Any,
         "total_params": total,
         "trainable_pct": 100.0 * trainable / max(total, 1),
         "weight_memory_mb": round(weight_memory_mb(model), 1),
-        "packed_batches": uses_packing(model, spec.config.train.packing),
+        "packed_batches": uses_packing(model, spec.config.train.packing, technique),
         "packing_note": packing_unsupported(model),
         "data": data.provenance,
         "versions": versions(),
@@ -205,7 +205,8 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
     # 3. Optimizer over trainable parameters only, warmup then linear/cosine decay.
     from transformers import get_scheduler
 
-    optimizer = build_optimizer(model, float(spec.hp["lr"]), train_cfg.weight_decay)
+    optimizer = (technique.optimizer(model, spec.hp, train_cfg.weight_decay)
+                 or build_optimizer(model, float(spec.hp["lr"]), train_cfg.weight_decay))
     micro_batches = math.ceil(len(data.train) / train_cfg.batch_size)
     steps_per_epoch = math.ceil(micro_batches / train_cfg.gradient_accumulation_steps)
     total_steps = steps_per_epoch * train_cfg.epochs
@@ -263,7 +264,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
         improved = best is None or (value > best if higher_is_better else value < best)
         if not diverged and improved:
             progress["best"], progress["best_epoch"] = value, epoch
-            atomic_write_dir(spec.trial_dir / "adapter", lambda d: ckpt.save_adapter(model, d))
+            atomic_write_dir(spec.trial_dir / "adapter", lambda d: ckpt.save_adapter(model, d, technique.export))
         progress["epoch"] = epoch
         write_checkpoint(spec.trial_dir / "checkpoint", model, optimizer, progress, files)
         last = diverged or bool(epoch_stats["stop"]) or epoch == train_cfg.epochs
@@ -314,7 +315,8 @@ def train_one_epoch(
     batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
     groups = [batches[i: i + cfg.gradient_accumulation_steps]
               for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
-    packed = uses_packing(model, cfg.packing)
+    technique = registry.get(spec.technique)
+    packed = uses_packing(model, cfg.packing, technique)
     loss_sum = 0.0
     target_tokens = tokens = 0
     seconds = 0.0
@@ -342,6 +344,7 @@ def train_one_epoch(
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
         optimizer.step()
         scheduler.step()
+        technique.on_step(model, spec.hp, progress["step"], total_steps)  # sees this step's gradients
         optimizer.zero_grad(set_to_none=True)
         elapsed = time.perf_counter() - start
         seconds += elapsed
@@ -362,7 +365,7 @@ def train_one_epoch(
                      entry["step"], total_steps, entry["loss"], entry["lr"], entry["tokens_per_s"])
             window_loss, window_tokens, window_start = 0.0, 0, now
         if cfg.save_steps and progress["step"] % cfg.save_steps == 0:
-            atomic_write_dir(spec.trial_dir / "snapshot", lambda d: ckpt.save_adapter(model, d))
+            atomic_write_dir(spec.trial_dir / "snapshot", lambda d: ckpt.save_adapter(model, d, technique.export))
         if cfg.time_budget_s and progress["train_seconds"] >= cfg.time_budget_s:
             stop = "time_budget"
             break
@@ -385,9 +388,10 @@ def build_optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.O
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-def uses_packing(model: Any, wanted: bool) -> bool:
+def uses_packing(model: Any, wanted: bool, technique: Technique | None = None) -> bool:
     """Packed (padding-free) batches when the config asks for them and the model and technique allow it."""
-    return wanted and packing_unsupported(model) is None
+    allowed = technique is None or technique.packed_batches
+    return wanted and allowed and packing_unsupported(model) is None
 
 
 def is_diverged(row: dict[str, Any], earlier: list[dict[str, Any]], factor: float) -> bool:

@@ -32,8 +32,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PICKLE_WEIGHTS = "adapter_model.bin"
 TRIAL_CONFIG = "config.json"
-# peft types whose low-rank updates can be folded into the base weights (merge_and_unload)
-MERGEABLE = {"LORA", "ADALORA", "LOHA", "LOKR"}
 EXIT_WORDS = {"exit", "quit"}
 PROMPT = "en> "
 NO_RUNS = "no runs yet: run python run_benchmark.py --techniques all first"
@@ -374,13 +372,29 @@ def technique_model_cfg(model_cfg: ModelConfig, technique: str, hp: dict[str, An
     return dataclasses.replace(model_cfg, **plugin.model_overrides(hp))
 
 
+def is_mergeable(target: Target) -> bool:
+    """The trial's technique says whether its update folds into the base weights; an adapter without a trial
+    record is asked through peft's config class (prompt-learning adapters add tokens, not weights)."""
+    from techniques import registry
+
+    if target.technique:
+        try:
+            return registry.get(target.technique).mergeable
+        except BenchError:
+            pass  # a plugin not installed here: peft can still tell
+    from peft import PEFT_TYPE_TO_CONFIG_MAPPING, PromptLearningConfig
+
+    config_cls = PEFT_TYPE_TO_CONFIG_MAPPING.get(str(target.peft_type))
+    return config_cls is not None and not issubclass(config_cls, PromptLearningConfig)
+
+
 def check_mergeable(target: Target, out_dir: str) -> None:
     if target.adapter is None:
         raise BenchError(f"--merge-and-save {out_dir}: there is no adapter to merge. Give --adapter PATH or --best.")
-    if target.peft_type not in MERGEABLE:
+    if not is_mergeable(target):
         name = target.technique or target.peft_type
         raise BenchError(f"--merge-and-save {out_dir}: the adapter is {name} (peft type {target.peft_type}); only "
-                         "LoRA-family adapters (lora, qlora, DoRA, ...) change the base weights and can be "
+                         "adapters that change the base weights (LoRA-family and the other weight adapters) can be "
                          f"merged into them. Translate with the adapter instead: drop --merge-and-save.")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -398,10 +412,13 @@ def load_translator(target: Target, device: str, args: argparse.Namespace) -> Tr
     loaded = load_model(target.model_cfg, device)
     model = loaded.model
     if target.adapter is not None:
-        from peft import PeftModel
+        from techniques import registry
+        from techniques.base import Technique
 
+        # The technique reloads its own export; an adapter without a trial record is a plain peft adapter.
+        plugin = registry.get(target.technique) if target.technique else Technique()
         try:
-            model = PeftModel.from_pretrained(model, str(target.adapter), is_trainable=False)
+            model = plugin.load(model, target.adapter)
         except (RuntimeError, ValueError, KeyError) as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
             first = next((line for line in lines if "mismatch" in line), lines[0])[:300].rstrip(".:")

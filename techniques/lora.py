@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from harness.errors import BenchError
-from techniques.base import Choice, LogUniform, Technique, format_lr
+from techniques.base import ALPHA, DROPOUT, LR, RANK, Choice, LogUniform, Technique, format_lr
 
 # Named module sets so a search can compare them; names match Llama, Gemma, Qwen and Mistral models.
 MODULE_SETS: dict[str, list[str]] = {
@@ -34,6 +34,9 @@ def resolve_target_modules(target: Any, model: Any) -> Any:
 class LoRA(Technique):
     name = "lora"
     description = "LoRA: trainable low-rank updates (rank r, scale alpha/r) on the linear projections."
+    groups: tuple[str, ...] = ("lora-family", "original")
+    mergeable = True
+    rules = {"lr": LR, "r": RANK, "alpha": ALPHA, "dropout": DROPOUT}
     defaults: Mapping[str, Any] = {
         "lr": 1e-3,
         "r": 16,
@@ -65,10 +68,16 @@ class LoRA(Technique):
         """Hook for LoRA variants (e.g. DoRA: use_dora=True) so they reuse everything else."""
         return {}
 
+    def variant_label(self, hp: Mapping[str, Any]) -> str:
+        """What a LoRA variant adds to the label (e.g. LoRA+'s learning-rate ratio)."""
+        return ""
+
     def label(self, hp: Mapping[str, Any]) -> str:
         modules = hp["target_modules"]
         modules = modules if isinstance(modules, str) else ",".join(modules)
-        return f"r={hp['r']} alpha={hp['alpha']} drop={hp['dropout']} {modules} {format_lr(hp['lr'])}"
+        extra = self.variant_label(hp)
+        return (f"r={hp['r']} alpha={hp['alpha']} drop={hp['dropout']} {modules}{' ' + extra if extra else ''} "
+                f"{format_lr(hp['lr'])}")
 
 
 TECHNIQUE = LoRA()

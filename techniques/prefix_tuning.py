@@ -5,14 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from techniques.base import Choice, IntRange, LogUniform, Technique, format_lr
+from techniques.base import LR, POSITIVE_INT, VIRTUAL_TOKENS, Choice, IntRange, LogUniform, Technique, format_lr
 
 
 class PrefixTuning(Technique):
     name = "prefix_tuning"
     description = "Prefix tuning: trainable key/value vectors prepended at every attention layer."
     aliases = ("prefix",)
+    groups: tuple[str, ...] = ("prompt-family", "original")
     beam_search = False  # peft's generate mis-handles prefixes; translations use the exact greedy decoder
+    virtual_tokens = True
+    packed_batches = False  # virtual tokens are per row
+    rules = {"lr": LR, "num_virtual_tokens": VIRTUAL_TOKENS, "encoder_hidden_size": POSITIVE_INT}
     defaults: Mapping[str, Any] = {
         "lr": 3e-3,
         "num_virtual_tokens": 20,

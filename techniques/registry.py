@@ -13,7 +13,8 @@ from techniques.base import Technique
 
 ENTRY_POINT_GROUP = "peft_bench.techniques"
 BASELINE = "base"
-_BUILTIN_MODULES = ("baseline", "lora", "qlora", "prefix_tuning", "soft_prompting")
+_BUILTIN_MODULES = ("baseline", "lora", "qlora", "prefix_tuning", "soft_prompting", "dora", "rslora", "pissa",
+                    "lora_plus", "lora_fa", "adalora", "ia3", "loha", "lokr", "vera", "oft", "p_tuning", "full")
 
 log = logging.getLogger(__name__)
 _registry: dict[str, Technique] | None = None
@@ -67,6 +68,8 @@ def get(name: str) -> Technique:
     key = canonical(name)
     if key not in reg:
         check_names([name], "technique")
+        raise BenchError(f"technique: '{name}' is a group ({', '.join(groups()[name])}), not one technique; "
+                         "name one of its techniques here.")
     return reg[key]
 
 
@@ -76,12 +79,24 @@ def names(include_baseline: bool = False) -> list[str]:
     return [n for n, t in reg.items() if include_baseline or t.trains]
 
 
+def groups() -> dict[str, list[str]]:
+    """Named selections ('all' and every group a technique declares) -> trainable technique names."""
+    out: dict[str, list[str]] = {"all": names()}
+    for name in names():
+        for group in get(name).groups:
+            out.setdefault(group, []).append(name)
+    return out
+
+
 def resolve(selection: Iterable[str]) -> list[str]:
-    """['all'] or a list of names/aliases -> canonical trainable technique names, in order, deduplicated."""
+    """Names, aliases or group names ('all', 'lora-family', ...) -> canonical trainable technique names, in
+    order, deduplicated."""
+    named = groups()
     out: list[str] = []
     for item in selection:
-        picked = names() if item == "all" else [canonical(item)]
-        check_names([item], "--techniques") if item != "all" else None
+        if item not in named:
+            check_names([item], "--techniques")
+        picked = named.get(item, [canonical(item)])
         out.extend(p for p in picked if p not in out and p != BASELINE)
     return out
 
@@ -89,8 +104,9 @@ def resolve(selection: Iterable[str]) -> list[str]:
 def check_names(requested: Iterable[str], field: str) -> None:
     reg = _load()
     valid = sorted(set(reg) | set(_aliases))
+    named = groups()
     for name in requested:
-        if canonical(name) in reg:
+        if canonical(name) in reg or name in named:
             continue
         if name in _plugin_errors:
             raise BenchError(
@@ -98,6 +114,6 @@ def check_names(requested: Iterable[str], field: str) -> None:
                 f"({_plugin_errors[name]}). Fix or uninstall the plugin package."
             )
         raise BenchError(
-            f"{field}: '{name}' is not a known technique.{closest(name, valid)} Valid techniques: "
-            f"{', '.join(['all'] + valid)}."
+            f"{field}: '{name}' is not a known technique.{closest(name, valid + list(named))} Valid techniques: "
+            f"{', '.join(['all'] + valid)}; groups: {', '.join(g for g in named if g != 'all')}."
         )

@@ -7,13 +7,17 @@ from typing import Any
 
 import torch
 
-from techniques.base import Choice, IntRange, LogUniform, Technique, format_lr
+from techniques.base import LR, VIRTUAL_TOKENS, Choice, IntRange, LogUniform, Technique, format_lr
 
 
 class SoftPrompting(Technique):
     name = "soft_prompting"
     description = "Soft prompting: trainable virtual-token embeddings prepended to the input."
     aliases = ("prompt_tuning", "soft_prompt")
+    groups: tuple[str, ...] = ("prompt-family", "original")
+    virtual_tokens = True
+    packed_batches = False  # virtual tokens are per row
+    rules = {"lr": LR, "num_virtual_tokens": VIRTUAL_TOKENS}
     defaults: Mapping[str, Any] = {
         "lr": 3e-2,
         "num_virtual_tokens": 20,

@@ -21,7 +21,7 @@ def run_cli(args, capsys) -> tuple[int, str]:
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--techniques", "lora,dora"], "'dora' is not a known technique. Did you mean 'lora'? Valid techniques: all, "),
+    (["--techniques", "lora,dorra"], "'dorra' is not a known technique. Did you mean 'dora'? Valid techniques: all, "),
     (["--set", "train.lrr=0.1"], "config key 'train.lrr' is unknown. Did you mean 'lr'?"),
     (["--set", "train.lr=-3"], "config key 'train.lr' is -3.0; the learning rate must be > 0. Fix: --set train.lr=3e-4."),
     (["--set", "peft.r=0"], "the LoRA rank must be an integer >= 1"),
