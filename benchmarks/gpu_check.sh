@@ -10,7 +10,7 @@
 # (site312.tar.xz) and builds a random-weight twin of the default model from gemma-3-270m-config/.
 # Environment: STAGES (default "variants throughput preset translate"), DEVICE (cuda; cpu to rehearse),
 #   MODEL (a model folder or embedded name; default: the random twin when GPU_BUNDLE is set, else gemma-3-270m),
-#   VARIANT_ARGS / THROUGHPUT_ARGS / PRESET_ARGS (extra arguments), T_<STAGE> (seconds per stage).
+#   VARIANT_ARGS (VARIANT_ARGS_A for a stage named variantsA) / THROUGHPUT_ARGS / PRESET_ARGS (extra arguments), T_<STAGE> (seconds per stage).
 set -u
 out=$(mkdir -p "${1:?usage: gpu_check.sh OUTDIR}" && cd "$1" && pwd)
 proj=$(cd "$(dirname "$0")/.." && pwd)
@@ -55,9 +55,10 @@ stage() {  # name, default limit, command...
 }
 for s in ${STAGES:-variants throughput preset translate}; do
   case $s in
-    variants)
-      stage variants 150 "$py" -m benchmarks.step_variants --device "$device" --model "$model" \
-        --json "$out/variants${VTAG:-}.json" ${VARIANT_ARGS:---decode} ;;
+    variants*)  # variants, variantsA, variantsB, ...: each with its own VARIANT_ARGS[_A] and T_VARIANTS[A]
+      tag=${s#variants}; args="VARIANT_ARGS${tag:+_$tag}"
+      stage "$s" 150 "$py" -m benchmarks.step_variants --device "$device" --model "$model" \
+        --json "$out/$s.json" ${!args:---decode} ;;
     throughput)
       stage throughput 90 "$py" -m benchmarks.throughput --device "$device" --models "$model" --steps 10 \
         --variants strong,harness --skip-eval --ceiling-size 8192 --json "$out/throughput.json" ${THROUGHPUT_ARGS:-} ;;
