@@ -6,6 +6,7 @@ import functools
 import logging
 import resource
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -52,6 +53,40 @@ def cpu_has_native_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+# `auto` on a CPU with native bf16 computes in bf16 (weights; peft keeps adapter weights, and so the optimiser
+# state, in float32, and the loss is computed in float32) only where bf16 matmuls run at least this much faster
+# than float32 ones at a training step's shapes; measured per process by `cpu_bf16_speedup`.
+BF16_MIN_SPEEDUP = 2.0
+_PROBE_SHAPES = ((512, 640, 2048), (512, 2048, 640))  # tokens x hidden @ hidden x MLP width, and back (Gemma 3 270M)
+
+
+def _matmul_seconds(m: int, k: int, n: int, dtype: torch.dtype, repeats: int = 3) -> float:
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    a @ b  # warm-up (oneDNN picks and caches its kernel)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_bf16_speedup() -> float:
+    """How much faster bf16 matmuls run than float32 ones on this CPU, at a training step's shapes (the two
+    dtypes timed side by side, so a busy machine slows both; ~0.1 s, once per process)."""
+    f32 = sum(_matmul_seconds(*shape, torch.float32) for shape in _PROBE_SHAPES)
+    bf16 = sum(_matmul_seconds(*shape, torch.bfloat16) for shape in _PROBE_SHAPES)
+    speedup = f32 / bf16
+    log.info("CPU bf16 matmuls run %.2fx the float32 rate here (bf16 chosen from %.1fx)", speedup, BF16_MIN_SPEEDUP)
+    return speedup
+
+
+def cpu_prefers_bf16() -> bool:
+    """bf16 where the CPU has native bf16 instructions and they pay (see BF16_MIN_SPEEDUP); float32 elsewhere."""
+    return cpu_has_native_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
+
+
 def choose_dtype(device: str, dtype: str = "auto", fp16: bool = False, bf16: bool = False) -> torch.dtype:
     """The compute dtype per device. A request the device cannot run fast is downgraded with a warning."""
     wanted = "float16" if fp16 else "bfloat16" if bf16 else dtype
@@ -68,6 +103,8 @@ def choose_dtype(device: str, dtype: str = "auto", fp16: bool = False, bf16: boo
             return torch.float16
         return torch.float32 if wanted == "auto" else _DTYPES[wanted]
     # CPU
+    if wanted == "auto":
+        return torch.bfloat16 if cpu_prefers_bf16() else torch.float32
     if wanted in ("bfloat16", "float16"):
         if wanted == "bfloat16" and cpu_has_native_bf16():
             return torch.bfloat16
