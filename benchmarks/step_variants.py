@@ -46,6 +46,7 @@ VARIANTS: dict[str, StepOptions] = {
     "padded-eager-fusedlora": dataclasses.replace(CUDA_STEP, fused_lora=True),
     "padded-compiled": dataclasses.replace(CUDA_STEP, compile="default"),
     "padded-cudagraphs": dataclasses.replace(CUDA_STEP, compile="reduce-overhead"),
+    "padded-graphs": dataclasses.replace(CUDA_STEP, cuda_graphs=True),  # CUDA graphs without compiling
 }
 
 
@@ -96,7 +97,7 @@ def run_variant(cfg: Any, technique: str, name: str, options: StepOptions, batch
                 device: str, warmup: int, steps: int, profile_ops: bool) -> dict[str, Any]:
     model, tokenizer, hp = load(cfg, technique, device)
     model.train()
-    step = TrainStep(model, options, device, tokenizer.pad_token_id)
+    step = TrainStep(model, options, device, tokenizer.pad_token_id, rows=batch_size)
     optimizer = build_optimizer(model, float(hp["lr"]), cfg.train.weight_decay)
     groups = [[b] for b in batch_indices(enc.lengths(), batch_size, cfg.train.seed, 1, True)]
     trainable = [p for p in model.parameters() if p.requires_grad]

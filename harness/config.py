@@ -88,6 +88,7 @@ class StepConfig:
     fused_lora: bool | None = None  # LoRA layers as one addmm each (CPU default)
     sync_free: bool | None = None  # losses read once per log interval, not every step (CUDA default)
     compile: Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] | None = None
+    cuda_graphs: bool | None = None  # the decoder captured as CUDA graphs, one per batch shape (CUDA only)
 
     def overrides(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}

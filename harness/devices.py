@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import resource
 import sys
 import time
@@ -83,7 +84,12 @@ def cpu_bf16_speedup() -> float:
 
 
 def cpu_prefers_bf16() -> bool:
-    """bf16 where the CPU has native bf16 instructions and they pay (see BF16_MIN_SPEEDUP); float32 elsewhere."""
+    """bf16 where the CPU has native bf16 instructions and they pay (see BF16_MIN_SPEEDUP); float32 elsewhere.
+    PEFT_BENCH_CPU_BF16=0 (or 1) skips the measurement (the test suite pins float32 so that its numbers do not
+    depend on the host)."""
+    forced = os.environ.get("PEFT_BENCH_CPU_BF16", "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
     return cpu_has_native_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 

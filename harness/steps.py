@@ -46,6 +46,7 @@ class StepOptions:
     fused_lora: bool = False  # LoRA layers as one addmm / one autograd function each
     sync_free: bool = False  # no host-device sync inside the step: losses stay on the device
     compile: str = "off"  # torch.compile mode of the decoder: off, default, reduce-overhead (CUDA graphs), ...
+    cuda_graphs: bool = False  # the decoder's forward + backward captured once per batch shape and replayed
 
     def describe(self) -> str:
         return ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self))
@@ -77,12 +78,17 @@ class TrainStep:
 
     The token counts come from the host-side labels, so nothing here waits for the device."""
 
-    def __init__(self, model: Any, options: StepOptions, device: str, pad_id: int, compile_backend: str = "inductor"):
-        self.model, self.device, self.pad_id = model, device, pad_id
+    def __init__(self, model: Any, options: StepOptions, device: str, pad_id: int, compile_backend: str = "inductor",
+                 rows: int | None = None):
+        self.model, self.device, self.pad_id, self.rows = model, device, pad_id, rows
         # Packing and the mask-free padded layout both need a model whose attention the harness can route
         # (no virtual tokens per row, no soft-capping); others keep padded batches with an attention mask.
         self.routable = packing.packing_unsupported(model) is None
         self.options = dataclasses.replace(options, packing=options.packing and self.routable)
+        if self.options.cuda_graphs and not (self.routable and not self.options.packing):
+            log.warning("cuda_graphs: needs mask-free padded batches (no packing, routable attention); off")
+            self.options = dataclasses.replace(self.options, cuda_graphs=False)
+        self.graphs: dict[tuple[int, ...], Any] = {}  # batch shape -> the decoder's graphed forward + backward
         self.compiled = False
         if self.options.compile != "off":
             self.compiled = compile_decoder(model, self.options.compile, compile_backend)
@@ -92,8 +98,10 @@ class TrainStep:
         if self.options.packing:
             return packing.pack(enc, indices)
         batch = collate(enc, indices, self.pad_id)
-        if self.routable and self.options.compile != "off":
+        if self.routable and (self.options.compile != "off" or self.options.cuda_graphs):
             batch = pad_width(batch, PAD_MULTIPLE, self.pad_id)
+        if self.options.cuda_graphs and self.rows and batch["input_ids"].shape[0] < self.rows:
+            batch = pad_rows(batch, self.rows, self.pad_id)  # an epoch's last, short batch: the same shapes
         return batch
 
     def __call__(self, enc: Encoded, group: Sequence[Sequence[int]]) -> StepResult:
@@ -102,11 +110,17 @@ class TrainStep:
         group_tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
         total = torch.zeros((), dtype=torch.float32, device=self.device)
         tokens = 0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             tokens += int(batch["attention_mask"].sum())
             loss = self.loss(batch)
             (loss / group_tokens).backward()
             total += loss.detach().float()
+            if self.graphs and i + 1 < len(batches):
+                # A graph's gradients live in its static buffers, which autograd may hand over as .grad
+                # itself: the next replay would overwrite them. Own copies before accumulating more.
+                for p in self.model.parameters():
+                    if p.grad is not None:
+                        p.grad = p.grad.clone()
         return StepResult(total, group_tokens, tokens)
 
     def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -128,9 +142,40 @@ class TrainStep:
         targets = labels[rows, cols].to(self.device, non_blocking=True)
         ids = batch["input_ids"].to(self.device, non_blocking=True)
         mask = None if self.routable else batch["attention_mask"].to(self.device, non_blocking=True)
-        hidden = final_hidden(self.model, ids, mask)
+        hidden = self._graphed_hidden(ids) if self.options.cuda_graphs else final_hidden(self.model, ids, mask)
         picked = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
         return head_loss(self.model, picked, targets, chunked=self.options.chunked_loss)
+
+    def _graphed_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """The decoder's final hidden states through a CUDA graph of its forward and backward, captured on the
+        first batch of each shape (torch.cuda.make_graphed_callables); on a CPU the same module runs eagerly.
+        Parameters are updated in place by the optimiser, so every replay sees the current adapter."""
+        key = tuple(ids.shape)
+        if key not in self.graphs:
+            module = DecoderHidden(packing.base_model(self.model).get_decoder())
+            if ids.device.type == "cuda":
+                module = torch.cuda.make_graphed_callables(module, (ids,))
+            self.graphs[key] = module
+        return self.graphs[key](ids)
+
+
+class DecoderHidden(torch.nn.Module):
+    """input ids -> the decoder's final (post-norm) hidden states, with no mask and no cache: a plain
+    tensor-in, tensor-out module that CUDA graphs can capture."""
+
+    def __init__(self, decoder: Any):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.decoder(input_ids=input_ids, use_cache=False).last_hidden_state
+
+
+def pad_rows(batch: dict[str, torch.Tensor], rows: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Add all-padding rows up to `rows` (no targets: the loss and gradients are unchanged)."""
+    extra = rows - batch["input_ids"].shape[0]
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+    return {k: F.pad(v, (0, 0, 0, extra), value=fill[k]) for k, v in batch.items()}
 
 
 def pad_width(batch: dict[str, torch.Tensor], multiple: int, pad_id: int) -> dict[str, torch.Tensor]:

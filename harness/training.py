@@ -229,7 +229,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
     metric, higher_is_better = cfg.run.metric, cfg.run.metric != "eval_loss"
     # The device's training step, built once (a compiled step compiles on its first use).
     step = TrainStep(model, choose_step(spec.device, train_cfg.packing, train_cfg.step.overrides()), spec.device,
-                     tokenizer.pad_token_id)
+                     tokenizer.pad_token_id, rows=train_cfg.batch_size)
     log.info("trial %s: training step %s", spec.trial_id, step.options.describe())
     model.train()
     for epoch in range(progress["epoch"] + 1, train_cfg.epochs + 1):
@@ -315,7 +315,8 @@ def train_one_epoch(
     trial's device-chosen training step (harness.steps), built once per trial; None builds the default."""
     cfg = spec.config.train
     if step is None:
-        step = TrainStep(model, choose_step(spec.device, cfg.packing, cfg.step.overrides()), spec.device, pad_id)
+        step = TrainStep(model, choose_step(spec.device, cfg.packing, cfg.step.overrides()), spec.device, pad_id,
+                         rows=cfg.batch_size)
     # Index batches only; tensors are built per step (a large dataset never sits in memory as tensors).
     batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
     groups = [batches[i: i + cfg.gradient_accumulation_steps]

@@ -19,6 +19,7 @@ def cpu(monkeypatch):
                 raise AssertionError("a CPU without native bf16 must not be probed")
             return speedup
 
+        monkeypatch.delenv("PEFT_BENCH_CPU_BF16", raising=False)  # the suite pins float32; here the rule decides
         monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native)
         monkeypatch.setattr(devices, "cpu_bf16_speedup", probe)
     return make
@@ -43,6 +44,15 @@ def test_auto_keeps_float32_without_native_bf16(cpu):
 def test_an_explicit_float32_is_kept_where_bf16_would_pay(cpu):
     cpu(native=True, speedup=10.0)
     assert choose_dtype("cpu", "float32") == torch.float32
+
+
+def test_the_environment_can_pin_the_cpu_dtype(cpu, monkeypatch):
+    cpu(native=True, speedup=10.0)
+    monkeypatch.setenv("PEFT_BENCH_CPU_BF16", "0")
+    assert choose_dtype("cpu") == torch.float32
+    cpu(native=False, speedup=None)
+    monkeypatch.setenv("PEFT_BENCH_CPU_BF16", "1")
+    assert choose_dtype("cpu") == torch.bfloat16
 
 
 def test_the_bf16_probe_measures_a_ratio():

@@ -57,10 +57,10 @@ def grads(model):
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def run_step(setup, options, groups, backend="inductor"):
+def run_step(setup, options, groups, backend="inductor", rows=None):
     model = fresh_model(setup)
     _, _, _, tokenizer, enc = setup
-    step = TrainStep(model, options, "cpu", tokenizer.pad_token_id, compile_backend=backend)
+    step = TrainStep(model, options, "cpu", tokenizer.pad_token_id, compile_backend=backend, rows=rows)
     total = 0.0
     for group in groups:
         result = step(enc, group)
@@ -90,12 +90,25 @@ def test_every_option_changes_nothing_but_speed(setup, options):
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow  # Dynamo tracing of even a tiny model takes tens of seconds on 2 cores
 def test_compiled_step_changes_nothing_but_speed(setup):
     """torch.compile of the decoder (traced by Dynamo, autograd by AOT; the eager backend keeps CI fast: the
     inductor kernels are what the GPU check measures), on batches padded to a multiple of PAD_MULTIPLE."""
     want_loss, want_grads = reference(setup, GROUPS)
     loss, got, step = run_step(setup, dataclasses.replace(CUDA_STEP, compile="default"), GROUPS, backend="aot_eager")
     assert step.compiled
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_graph_step_changes_nothing_but_speed(setup):
+    """The CUDA-graph step's module and static shapes (rows padded to the batch size, widths to a multiple of
+    PAD_MULTIPLE), run eagerly on a CPU (capture itself needs a GPU: the GPU check measures it)."""
+    want_loss, want_grads = reference(setup, GROUPS)
+    loss, got, step = run_step(setup, dataclasses.replace(CUDA_STEP, cuda_graphs=True), GROUPS, rows=8)
+    assert step.options.cuda_graphs and len(step.graphs) >= 1
+    assert all(shape[0] == 8 and shape[1] % PAD_MULTIPLE == 0 for shape in step.graphs)
     assert loss == pytest.approx(want_loss, rel=1e-5)
     for name, grad in want_grads.items():
         torch.testing.assert_close(got[name], grad, rtol=1e-4, atol=1e-6, msg=name)
