@@ -440,8 +440,9 @@ def run_harness(setup: Setup) -> Measurement:
     cfg = dataclasses.replace(setup.cfg, train=train_cfg)
     options = choose_step(device, cfg.train.packing, cfg.train.step.overrides())
     packed = options.packing and uses_packing(model, cfg.train.packing)
-    # FLOPs of the device's step, counted eagerly (compilation changes the kernels, not the arithmetic).
-    counter = TrainStep(model, dataclasses.replace(options, compile="off"), device, tokenizer.pad_token_id)
+    # FLOPs of the device's step, counted eagerly (compiling or capturing changes the kernels, not the arithmetic).
+    counter = TrainStep(model, dataclasses.replace(options, compile="off", cuda_graphs=False), device,
+                        tokenizer.pad_token_id)
     counted = counter.batch(setup.enc, setup.measured[0])
 
     def forward_backward() -> None:
