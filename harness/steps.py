@@ -34,7 +34,7 @@ from harness.losses import final_hidden, head_loss, target_loss
 
 log = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 32  # padded widths rounded up to this: a compiled step meets max_seq_length / 32 shapes at most
+PAD_MULTIPLE = 32  # padded widths rounded up to this: a captured or compiled step meets max_seq_length / 32 shapes
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
 
@@ -89,7 +89,8 @@ class TrainStep:
         self.routable = packing.packing_unsupported(model) is None
         self.options = dataclasses.replace(options, packing=options.packing and self.routable)
         if self.options.cuda_graphs and not (self.routable and not self.options.packing):
-            log.warning("cuda_graphs: needs mask-free padded batches (no packing, routable attention); off")
+            # e.g. prompt-learning techniques (virtual tokens need the attention mask): expected, so not a warning
+            log.info("cuda_graphs: needs mask-free padded batches (no packing, routable attention); off here")
             self.options = dataclasses.replace(self.options, cuda_graphs=False)
         self.graphs: dict[tuple[int, ...], Any] = {}  # batch shape -> the decoder's graphed forward + backward
         self.compiled = False
