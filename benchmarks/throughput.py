@@ -86,14 +86,14 @@ from harness.data import (
     encode,
     load_splits,
 )
-from harness.devices import dtype_name, resolve_device, set_threads
+from benchmarks.flops import count_flops
+from harness.devices import choose_dtype, dtype_name, resolve_device, set_threads
 from harness.errors import BenchError
 from harness.evaluation import stop_token_ids, translate
 from harness.io import atomic_write_json
-from harness.losses import target_loss
 from harness.models import load_model, load_tokenizer, resolve_source
-from harness.packing import make_batch
 from harness.provenance import commit, versions
+from harness.steps import TrainStep, choose_step
 from harness.training import (
     TrialSpec,
     build_optimizer,
@@ -110,7 +110,7 @@ DEFAULT_MODELS = "gemma-3-270m,smollm2-135m"
 DESCRIPTIONS = {
     "naive": "(a) naive: padded to max length, labels = input ids, full logits, plain loop",
     "strong": "(b) strong: transformers.Trainer + DataCollatorForSeq2Seq, prompt-masked labels",
-    "harness": "(c) harness: train_one_epoch, packed, LM head at targets only (chunked fused loss)",
+    "harness": "(c) harness: train_one_epoch with the device's step (harness.steps), LM head at targets only",
 }
 
 
@@ -196,15 +196,6 @@ def sync(device: str) -> None:
     """Wait for queued GPU work so wall-clock readings mean something (no-op on CPU)."""
     if device == "cuda":
         torch.cuda.synchronize()
-
-
-def count_flops(step: Callable[[], None]) -> float:
-    """FLOPs of what `step` runs (matmuls, attention), from torch's FlopCounterMode."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return float(counter.get_total_flops())
 
 
 def to_device(batch: dict[str, torch.Tensor], device: str) -> dict[str, torch.Tensor]:
@@ -447,12 +438,16 @@ def run_harness(setup: Setup) -> Measurement:
     train_cfg = dataclasses.replace(setup.cfg.train, gradient_accumulation_steps=1, group_by_length=True,
                                     log_steps=1, save_steps=None, time_budget_s=None, max_steps=None)
     cfg = dataclasses.replace(setup.cfg, train=train_cfg)
-    packed = uses_packing(model, cfg.train.packing)
-    counted = to_device(make_batch(setup.enc, setup.measured[0], tokenizer.pad_token_id, packed), device)
+    options = choose_step(device, cfg.train.packing, cfg.train.step.overrides())
+    packed = options.packing and uses_packing(model, cfg.train.packing)
+    # FLOPs of the device's step, counted eagerly (compiling or capturing changes the kernels, not the arithmetic).
+    counter = TrainStep(model, dataclasses.replace(options, compile="off", cuda_graphs=False), device,
+                        tokenizer.pad_token_id)
+    counted = counter.batch(setup.enc, setup.measured[0])
 
     def forward_backward() -> None:
-        loss, n = target_loss(model, counted)
-        (loss / n).backward()
+        loss = counter.loss(counted)
+        (loss / max(1, int((counted["labels"][:, 1:] != -100).sum()))).backward()
 
     flops = count_flops(forward_backward)
     model.zero_grad(set_to_none=True)
@@ -715,7 +710,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     registry.get(args.technique)  # an unknown name fails before any model loads
     device = resolve_device(args.device)
     threads = set_threads(args.threads or os.cpu_count())
-    dtype = torch.float32 if device == "cpu" else torch.bfloat16 if device == "cuda" else torch.float32
+    # The ceiling in the dtype the model computes in (the first model's, from its config and the device).
+    first = build_config([m.strip() for m in args.models.split(",") if m.strip()][0], args).model
+    dtype = choose_dtype(device, first.dtype, first.fp16, first.bf16)
     ceiling = matmul_ceiling(args.ceiling_size, device, dtype)
     print(f"dense {dtype_name(dtype)} matmul ceiling ({args.ceiling_size}^3, best of 5; measured again after each "
           f"variant): {ceiling:,.1f} GFLOP/s "

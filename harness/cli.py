@@ -59,7 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, help="train every configuration with this many seeds [1]")
     p.add_argument("--metric", choices=["chrf", "bleu", "eval_loss"], help="what ranks the board (the best epoch and the search use eval.selection)")
     p.add_argument("--scheduler", choices=["none", "asha"], help="ASHA stops poor search trials after early epochs")
-    p.add_argument("--max-concurrent", type=int, help="trials at once [by device: GPUs, 1 on MPS, cores/4 on CPU]")
+    p.add_argument("--max-concurrent", type=int, help="trials at once [by device: on CUDA as many as fit GPU memory "
+                   "with 2 cores each (8 per GPU at most), 1 on MPS, cores/4 on CPU]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
     p.add_argument("--ray-address", help="join a Ray cluster: 'auto' or ray://host:port [start a local Ray]")
     p.add_argument("--no-baseline", action="store_true", help="skip the zero-shot baseline")

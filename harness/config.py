@@ -71,6 +71,20 @@ class DataConfig:
 
 
 @dataclass
+class StepConfig:
+    """Overrides of the device's training step (harness.steps); null keeps the device's choice."""
+
+    chunked_loss: bool | None = None  # the LM-head loss a chunk of rows at a time (CPU default)
+    fused_lora: bool | None = None  # LoRA layers as one addmm each (CPU default)
+    sync_free: bool | None = None  # losses read once per log interval, not every step (CUDA default)
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune-no-cudagraphs"] | None = None
+    cuda_graphs: bool | None = None  # the decoder captured as CUDA graphs, one per batch shape (CUDA only)
+
+    def overrides(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass
 class TrainConfig:
     """The train loop of one trial."""
 
@@ -90,6 +104,7 @@ class TrainConfig:
     group_by_length: bool = True
     packing: bool = True  # padding-free batches (LoRA/QLoRA); prompt-learning techniques keep padded ones
     divergence_factor: float = 1.5  # stop when eval loss exceeds the best so far by this factor
+    step: StepConfig = field(default_factory=StepConfig)  # per-device step options (harness.steps)
 
 
 @dataclass

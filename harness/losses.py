@@ -7,6 +7,7 @@ the largest single saving of a training step (and of the eval loss).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from typing import Any
@@ -82,25 +83,27 @@ def head_logits(model: Any, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def target_loss(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
-    """(sum of token cross-entropies over target positions, number of target tokens)."""
+def target_loss(model: Any, batch: dict[str, torch.Tensor], chunked: bool = True,
+                fused: bool = True) -> tuple[torch.Tensor, int]:
+    """(sum of token cross-entropies over target positions, number of target tokens). `chunked` and `fused`
+    switch the chunked loss and LoRA's fused layers (harness.steps' options; both change only speed)."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    with fused_lora(model):
+    with fused_lora(model) if fused else contextlib.nullcontext():
         if packing.PACKED_KEY in batch:
             with packing.packed_attention(model):
                 hidden = final_hidden(model, batch["input_ids"], None, **packing.model_kwargs(batch))[:, :-1]
         else:
             hidden = final_hidden(model, batch["input_ids"], batch["attention_mask"])[:, :-1]
-    return head_loss(model, hidden[mask], labels[mask]), int(mask.sum())
+    return head_loss(model, hidden[mask], labels[mask], chunked), int(mask.sum())
 
 
-def head_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def head_loss(model: Any, hidden: torch.Tensor, labels: torch.Tensor, chunked: bool = True) -> torch.Tensor:
     """Summed cross-entropy of the LM head's logits of (N, H) states against N labels. A frozen plain linear
     head (every PEFT technique's) goes through the chunked fused loss, which never holds all N x vocabulary
     logits; anything else (a trained or adapted head) through the plain one."""
     head = model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
-    if type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
+    if chunked and type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad:
         return linear_cross_entropy(hidden, head.weight, labels, cap)
     return F.cross_entropy(head_logits(model, hidden).float(), labels, reduction="sum")

@@ -28,10 +28,10 @@ from harness.data import Encoded, Pair, batch_indices, encode_cached, load_split
 from harness.devices import dtype_name, peak_memory_mb, reset_peak_memory, set_threads
 from harness.evaluation import evaluate_epoch, evaluate_test, perplexity
 from harness.io import atomic_write_dir, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_json
-from harness.losses import target_loss
 from harness.models import cache_root, count_parameters, load_model, weight_memory_mb
-from harness.packing import make_batch, packing_unsupported
+from harness.packing import packing_unsupported
 from harness.provenance import commit, versions
+from harness.steps import TrainStep, choose_step
 from techniques import registry
 from techniques.base import Technique
 
@@ -230,11 +230,14 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
 
     # The best epoch is chosen on validation data only, by the configured (stable) signal, never on test.
     metric, higher_is_better = cfg.eval.selection, cfg.eval.selection != "eval_loss"
+    # The device's training step, built once (a compiled step compiles on its first use).
+    step = build_step(model, spec, tokenizer.pad_token_id)
+    log.info("trial %s: training step %s", spec.trial_id, step.options.describe())
     model.train()
     for epoch in range(progress["epoch"] + 1, train_cfg.epochs + 1):
         # 5. One epoch of optimizer steps.
         epoch_stats = train_one_epoch(model, optimizer, scheduler, data.train, tokenizer.pad_token_id, spec,
-                                      epoch, progress, total_steps, files.steps)
+                                      epoch, progress, total_steps, files.steps, step)
         if not epoch_stats["finite"]:
             log.warning("trial %s diverged: non-finite loss in epoch %d", spec.trial_id, epoch)
             return finish(files, progress, "diverged", test_now, model, spec, diverged={
@@ -308,37 +311,35 @@ def train_one_epoch(
     progress: dict[str, Any],
     total_steps: int,
     step_log: list[dict[str, Any]],
+    step: TrainStep | None = None,
 ) -> dict[str, Any]:
-    """Optimizer steps over one epoch (or until max_steps / the time budget). Updates `progress`."""
+    """Optimizer steps over one epoch (or until max_steps / the time budget). Updates `progress`. `step` is the
+    trial's device-chosen training step (harness.steps), built once per trial; None builds the default."""
     cfg = spec.config.train
+    if step is None:
+        step = build_step(model, spec, pad_id)
     # Index batches only; tensors are built per step (a large dataset never sits in memory as tensors).
     batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
     groups = [batches[i: i + cfg.gradient_accumulation_steps]
               for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
     technique = registry.get(spec.technique)
-    packed = uses_packing(model, cfg.packing, technique)
-    loss_sum = 0.0
+    # Losses are summed on the device; a sync-free step reads them once per log interval (and at the end).
+    epoch_loss = torch.zeros((), dtype=torch.float32, device=spec.device)
+    window_loss = torch.zeros((), dtype=torch.float32, device=spec.device)
     target_tokens = tokens = 0
     seconds = 0.0
     stop = None
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    window_tokens, window_start = 0, time.perf_counter()
     bar = tqdm(total=len(groups), desc=f"{spec.trial_id} epoch {epoch}", disable=None, leave=False)
     for group in groups:
         if progress["step"] >= total_steps:
             stop = "max_steps"
             break
         start = time.perf_counter()
-        group = [make_batch(train, indices, pad_id, packed) for indices in group]
-        # Token-weighted mean over the whole accumulation group, so accumulation equals one big batch.
-        group_tokens = sum(int((b["labels"][:, 1:] != -100).sum()) for b in group)
-        group_loss = 0.0
-        for batch in group:
-            batch = {k: v.to(spec.device, non_blocking=True) for k, v in batch.items()}
-            loss, _ = target_loss(model, batch)
-            (loss / group_tokens).backward()
-            group_loss += float(loss.detach())
-            tokens += int(batch["attention_mask"].sum())
-        if not math.isfinite(group_loss):
+        result = step(train, group)
+        tokens += result.tokens
+        group_tokens = result.target_tokens
+        if not step.options.sync_free and not math.isfinite(float(result.loss_sum)):
             bar.close()
             return {"finite": False}
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], cfg.max_grad_norm)
@@ -350,20 +351,25 @@ def train_one_epoch(
         seconds += elapsed
         progress["train_seconds"] += elapsed
         progress["step"] += 1
-        loss_sum += group_loss
+        epoch_loss += result.loss_sum
+        window_loss += result.loss_sum
         target_tokens += group_tokens
-        window_loss += group_loss
         window_tokens += group_tokens
         bar.update(1)
-        bar.set_postfix(loss=f"{group_loss / group_tokens:.3f}", tok_s=f"{target_tokens / seconds:.0f}")
         if progress["step"] % cfg.log_steps == 0:
+            window_mean = float(window_loss) / max(window_tokens, 1)  # the one sync of a log interval
+            if not math.isfinite(window_mean):
+                bar.close()
+                return {"finite": False}
             now = time.perf_counter()
-            entry = {"step": progress["step"], "epoch": epoch, "loss": window_loss / window_tokens,
+            entry = {"step": progress["step"], "epoch": epoch, "loss": window_mean,
                      "lr": scheduler.get_last_lr()[0], "tokens_per_s": window_tokens / max(now - window_start, 1e-9)}
             step_log.append(entry)
+            bar.set_postfix(loss=f"{window_mean:.3f}", tok_s=f"{target_tokens / seconds:.0f}")
             log.info("trial %s epoch %d step %d/%d loss %.4f lr %.2e target tok/s %.0f", spec.trial_id, epoch,
                      entry["step"], total_steps, entry["loss"], entry["lr"], entry["tokens_per_s"])
-            window_loss, window_tokens, window_start = 0.0, 0, now
+            window_loss.zero_()
+            window_tokens, window_start = 0, now
         if cfg.save_steps and progress["step"] % cfg.save_steps == 0:
             atomic_write_dir(spec.trial_dir / "snapshot", lambda d: ckpt.save_adapter(model, d, technique.export))
         if cfg.time_budget_s and progress["train_seconds"] >= cfg.time_budget_s:
@@ -372,9 +378,20 @@ def train_one_epoch(
     bar.close()
     if stop is None and progress["step"] >= total_steps:
         stop = "max_steps" if cfg.max_steps and total_steps == cfg.max_steps else None
+    loss_sum = float(epoch_loss)
+    if not math.isfinite(loss_sum):
+        return {"finite": False}
     mean = loss_sum / max(target_tokens, 1)
     return {"finite": True, "loss": mean, "target_tokens": target_tokens, "tokens": tokens, "seconds": seconds,
             "stop": stop}
+
+
+def build_step(model: Any, spec: TrialSpec, pad_id: int) -> TrainStep:
+    """The trial's device-chosen training step; packing only where the technique and the model allow it."""
+    cfg = spec.config.train
+    packed = uses_packing(model, cfg.packing, registry.get(spec.technique))
+    return TrainStep(model, choose_step(spec.device, packed, cfg.step.overrides()), spec.device, pad_id,
+                     rows=cfg.batch_size)
 
 
 def build_optimizer(model: Any, lr: float, weight_decay: float) -> torch.optim.Optimizer:

@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "eng-tur"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# float32 on every CPU, whatever its bf16 speed (tests/test_devices.py covers both branches); Ray workers inherit it
+os.environ.setdefault("PEFT_BENCH_CPU_BF16", "0")
 
 from tiny_models import build_tiny_model  # noqa: E402
 
