@@ -21,6 +21,7 @@ from tabulate import tabulate
 
 from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from harness.provenance import hardware_line
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,12 @@ def trial_row(folder: Path, metric: str) -> tuple[dict[str, Any], list[dict[str,
 
 def build(run_dirs: list[Path], metric: str | None = None) -> Board:
     """Collect and rank every trial of the given runs."""
-    rows, epochs = [], []
+    rows, epochs, machines = [], [], []
     for run_dir in run_dirs:
-        metric = metric or _read(run_dir / "run.json").get("config", {}).get("run", {}).get("metric", "chrf")
+        run = _read(run_dir / "run.json")
+        metric = metric or run.get("config", {}).get("run", {}).get("metric", "chrf")
+        if run.get("hardware") and hardware_line(run["hardware"]) not in machines:
+            machines.append(hardware_line(run["hardware"]))
         for folder in sorted((run_dir / "trials").glob("*")):
             if folder.is_dir():
                 row, per_epoch = trial_row(folder, metric)
@@ -167,7 +171,7 @@ def build(run_dirs: list[Path], metric: str | None = None) -> Board:
     epoch_frame = pd.DataFrame(epochs)
     if not epoch_frame.empty:
         epoch_frame = epoch_frame.sort_values(["model", "technique", "trial", "epoch"]).reset_index(drop=True)
-    return Board(frame, epoch_frame, metric, footer(frame, metric))
+    return Board(frame, epoch_frame, metric, footer(frame, metric) + machines)
 
 
 def footer(frame: pd.DataFrame, metric: str) -> list[str]:

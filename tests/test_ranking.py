@@ -1,0 +1,148 @@
+"""Ranking, the best adapter across runs and the leaderboard CLI, on hand-built run folders (no training):
+the order itself (failed and diverged trials last, BLEU/chrF descending, eval loss ascending), results/best.json
+over several runs, every CLI option, and the hardware line under the board."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import leaderboard
+from harness.io import read_json
+
+HARDWARE = {"cpu": "Intel(R) Xeon(R) Platinum 8480+", "cpu_flags": ["avx512f", "avx512_bf16", "amx_bf16"],
+            "cpu_native_bf16": True, "cores": 2,
+            "gpu": {"name": "NVIDIA H100 80GB HBM3", "count": 1, "driver": "550.54.15", "cuda": "12.4"}}
+
+
+def _write(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data), encoding="utf-8")
+
+
+def make_run(root: Path, name: str, trials: dict[str, dict], metric: str = "chrf", hardware=None) -> Path:
+    """trials: name -> {status, chrf, bleu, eval_loss, adapter (bool), technique}."""
+    run = root / name
+    _write(run / "run.json", {"config": {"run": {"metric": metric}}, **({"hardware": hardware} if hardware else {})})
+    for trial, spec in trials.items():
+        folder = run / "trials" / trial
+        _write(folder / "config.json", {"technique": spec.get("technique", "lora"), "label": trial, "model": "m",
+                                        "data": {"dataset": "embedded", "sha256": "abc"}})
+        _write(folder / "status.json", {"status": spec.get("status", "ok"), "best_epoch": 1, "epochs_done": 1})
+        if spec.get("eval_loss") is not None:
+            (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "eval_loss": spec["eval_loss"]}) + "\n")
+        if spec.get("chrf") is not None:
+            _write(folder / "test_metrics.json", {"epoch": 1, "chrf": spec["chrf"], "bleu": spec.get("bleu"),
+                                                  "test_size": 4, "test_set": "embedded test",
+                                                  "signatures": {"chrf": "nrefs:1|sig"}})
+        if spec.get("adapter", True):
+            _write(folder / "adapter" / "adapter_config.json", {})
+    return run
+
+
+MIXED = {
+    "low": {"chrf": 20.0, "bleu": 9.0, "eval_loss": 2.0},
+    "high": {"chrf": 30.0, "bleu": 3.0, "eval_loss": 2.5},
+    "mid": {"chrf": 25.0, "bleu": 6.0, "eval_loss": 1.5},
+    "diverged": {"status": "diverged", "chrf": 90.0, "bleu": 90.0, "eval_loss": 0.1},
+    "failed": {"status": "failed", "adapter": False},
+    "untested": {"eval_loss": 3.0},  # finished epochs, no test score yet
+}
+
+
+def order(board: leaderboard.Board) -> list[str]:
+    return list(board.frame["trial"])
+
+
+def test_rows_rank_by_status_then_metric_in_its_direction(tmp_path):
+    run = make_run(tmp_path, "r", MIXED)
+    board = leaderboard.build([run])
+    assert order(board) == ["high", "mid", "low", "untested", "diverged", "failed"]
+    assert list(board.frame["rank"]) == [1, 2, 3, 4, 5, 6]
+    assert order(leaderboard.build([run], "bleu")) == ["low", "mid", "high", "untested", "diverged", "failed"]
+    # eval loss: lower is better
+    by_loss = leaderboard.build([run], "eval_loss")
+    assert order(by_loss) == ["mid", "low", "high", "untested", "diverged", "failed"]
+    assert by_loss.footer[0] == "ranked by validation eval loss"
+    # the run's own metric is the default
+    loss_run = make_run(tmp_path, "l", MIXED, metric="eval_loss")
+    assert order(leaderboard.build([loss_run]))[:3] == ["mid", "low", "high"]
+
+
+def test_best_json_keeps_the_best_adapter_across_runs(tmp_path):
+    results = tmp_path / "results"
+    first = make_run(results, "first", {"a": {"chrf": 30.0, "eval_loss": 2.0},
+                                        "base": {"technique": "base", "chrf": 10.0, "adapter": False},
+                                        "bad": {"status": "diverged", "chrf": 80.0, "eval_loss": 0.5}})
+    best = leaderboard.update_best(leaderboard.build([first]), results)
+    assert best["overall"]["trial"] == "a" and best["overall"]["value"] == 30.0 and best["overall"]["run"] == "first"
+    worse = make_run(results, "worse", {"b": {"chrf": 25.0, "eval_loss": 1.0}})
+    leaderboard.update_best(leaderboard.build([worse]), results)
+    assert read_json(results / "best.json")["overall"]["run"] == "first"  # a worse run does not replace it
+    better = make_run(results, "better", {"c": {"chrf": 35.0, "eval_loss": 3.0}})
+    leaderboard.update_best(leaderboard.build([better]), results)
+    assert read_json(results / "best.json")["overall"]["trial"] == "c"
+    # an adapter that was deleted is no longer the best
+    import shutil
+
+    shutil.rmtree(better / "trials" / "c" / "adapter")
+    leaderboard.update_best(leaderboard.build([worse]), results)
+    assert read_json(results / "best.json")["overall"]["trial"] == "b"
+
+
+def test_best_json_by_eval_loss_prefers_the_lower_loss(tmp_path):
+    results = tmp_path / "results"
+    run = make_run(results, "r", {"a": {"chrf": 30.0, "eval_loss": 2.0}, "b": {"chrf": 20.0, "eval_loss": 1.2}},
+                   metric="eval_loss")
+    best = leaderboard.update_best(leaderboard.build([run]), results)
+    assert best["overall"]["trial"] == "b" and best["overall"]["metric"] == "eval_loss"
+    later = make_run(results, "later", {"c": {"chrf": 50.0, "eval_loss": 1.5}}, metric="eval_loss")
+    assert leaderboard.update_best(leaderboard.build([later]), results)["overall"]["trial"] == "b"
+
+
+def test_the_board_names_the_hardware_under_the_signature(tmp_path):
+    run = make_run(tmp_path, "r", MIXED, hardware=HARDWARE)
+    text = leaderboard.build([run]).render()
+    lines = text.splitlines()
+    signature = next(i for i, line in enumerate(lines) if "nrefs:1|sig" in line)
+    assert lines[signature + 1] == ("hardware: Intel(R) Xeon(R) Platinum 8480+ (avx512f avx512_bf16 amx_bf16), "
+                                    "2 cores; GPU NVIDIA H100 80GB HBM3 x1, driver 550.54.15, CUDA 12.4")
+
+
+def test_leaderboard_cli_options(tmp_path, capsys):
+    results = tmp_path / "results"
+    old = make_run(results, "old", {"old-a": {"chrf": 50.0, "eval_loss": 1.0}})
+    new = make_run(results, "new", MIXED)
+    os.utime(old / "run.json", (1, 1))  # 'old' is the earlier run
+
+    def cli(*args: str) -> tuple[int, str, str]:
+        code = leaderboard.main(["--results-dir", str(results), *args])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    code, out, _ = cli("--latest")
+    assert code == 0 and f"runs: {new}" in out and "old-a" not in out and "high" in out
+    code, out, _ = cli("--all-runs")
+    assert code == 0 and "old-a" in out and "high" in out
+    code, out, _ = cli(str(new), "--metric", "bleu", "--format", "github")
+    table = [line for line in out.splitlines() if line.startswith("|") and "lora" in line]
+    assert code == 0 and table[0].split("|")[1].strip() == "1" and "| low" in table[0]
+    assert "ranked by test bleu" in out
+    code, out, _ = cli(str(new), "--epochs")
+    assert code == 0 and "train loss" in out and "val chrF" in out
+    code, out, err = cli(str(new), "--model", "other")
+    assert code == 2 and "--model: no rows for 'other'; models here: m." in err
+    code, _, err = cli(str(tmp_path / "nowhere"))
+    assert code == 2 and "is not a run folder (no run.json). Runs here: " in err
+    code, _, err = cli("--results-dir", str(tmp_path / "empty"))
+    assert code == 2 and "no runs under" in err
+
+
+@pytest.mark.parametrize("metric,expected", [("chrf", True), ("eval_loss", False)])
+def test_better_follows_the_metric_direction(metric, expected):
+    assert leaderboard._better(2.0, 1.0, metric) is expected
+    assert leaderboard._better(None, 1.0, metric) is False and leaderboard._better(1.0, None, metric) is True
+    assert leaderboard._better(float("nan"), 1.0, metric) is False
