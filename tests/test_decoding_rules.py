@@ -70,19 +70,19 @@ def test_row_limit_marks_rows_at_their_own_length():
 def test_the_cap_follows_the_source_length_and_max_new_tokens(tiny, monkeypatch):
     from harness import evaluation
 
-    seen = []
+    seen = {}
 
     def record(model, input_ids, attention_mask, caps, stop):
-        seen.extend(caps)
+        for row, cap in zip(input_ids, caps):
+            prompt = tiny.tokenizer.decode(row, skip_special_tokens=True)
+            seen[next(s for s in SOURCES if s in prompt)] = cap
         return [[tiny.tokenizer.eos_token_id]] * len(caps)
 
     monkeypatch.setattr(evaluation, "greedy_generate", record)
-    lengths = [len(tiny.tokenizer(s, add_special_tokens=False)["input_ids"]) for s in SOURCES]
-    translate(tiny.model, tiny.tokenizer, SOURCES, DataConfig(), max_new_tokens=1000)
-    assert sorted(seen) == sorted(3 * n + 8 for n in lengths)
-    seen.clear()
+    translate(tiny.model, tiny.tokenizer, SOURCES, DataConfig(), max_new_tokens=1000, batch_size=2)
+    assert seen == {s: 3 * len(tiny.tokenizer(s, add_special_tokens=False)["input_ids"]) + 8 for s in SOURCES}
     translate(tiny.model, tiny.tokenizer, SOURCES, DataConfig(), max_new_tokens=5)
-    assert seen == [5, 5, 5]
+    assert set(seen.values()) == {5}
 
 
 def test_a_translation_is_the_first_line_stripped(tiny, monkeypatch):
