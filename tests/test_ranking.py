@@ -24,13 +24,14 @@ def _write(path: Path, data) -> None:
 
 
 def make_run(root: Path, name: str, trials: dict[str, dict], metric: str = "chrf", hardware=None) -> Path:
-    """trials: name -> {status, chrf, bleu, eval_loss, adapter (bool), technique}."""
+    """trials: name -> {status, chrf, bleu, eval_loss, adapter (bool), technique, model, sha}."""
     run = root / name
     _write(run / "run.json", {"config": {"run": {"metric": metric}}, **({"hardware": hardware} if hardware else {})})
     for trial, spec in trials.items():
         folder = run / "trials" / trial
-        _write(folder / "config.json", {"technique": spec.get("technique", "lora"), "label": trial, "model": "m",
-                                        "data": {"dataset": "embedded", "sha256": "abc"}})
+        _write(folder / "config.json", {"technique": spec.get("technique", "lora"), "label": trial,
+                                        "model": spec.get("model", "m"),
+                                        "data": {"dataset": "embedded", "sha256": spec.get("sha", "abc")}})
         _write(folder / "status.json", {"status": spec.get("status", "ok"), "best_epoch": 1, "epochs_done": 1})
         if spec.get("eval_loss") is not None:
             (folder / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "eval_loss": spec["eval_loss"]}) + "\n")
@@ -93,6 +94,30 @@ def test_best_json_keeps_the_best_adapter_across_runs(tmp_path):
     assert read_json(results / "best.json")["overall"]["trial"] == "b"
 
 
+def test_best_json_entries_per_model_and_dataset_and_overall(tmp_path):
+    results = tmp_path / "results"
+    run = make_run(results, "r", {
+        "untested": {"chrf": None, "eval_loss": 1.0},  # an adapter without a test score: skipped, not the end
+        "small": {"model": "small", "chrf": 20.0, "bleu": 4.0, "eval_loss": 2.0},
+        "big": {"model": "big", "chrf": 31.5, "bleu": 8.25, "eval_loss": 1.75, "technique": "qlora"},
+        "other-data": {"model": "big", "sha": "def", "chrf": 12.0, "eval_loss": 3.0},
+        "stopped": {"model": "small", "status": "stopped", "chrf": 22.0, "eval_loss": 2.5},
+    })
+    best = leaderboard.update_best(leaderboard.build([run]), results)
+    assert sorted(best["by_model_dataset"]) == ["big|embedded|abc", "big|embedded|def", "small|embedded|abc"]
+    assert best["by_model_dataset"]["small|embedded|abc"]["trial"] == "stopped"  # a stopped trial counts
+    entry = dict(best["overall"])
+    assert isinstance(entry.pop("updated"), float)
+    assert entry == {"metric": "chrf", "value": 31.5, "model": "big", "technique": "qlora", "params": "big",
+                     "adapter": str((run / "trials" / "big" / "adapter").resolve()), "run": "r", "trial": "big",
+                     "bleu": 8.25, "chrf": 31.5, "eval_loss": 1.75, "dataset": "embedded", "dataset_sha256": "abc",
+                     "test_size": 4.0}
+    assert read_json(results / "best.json") == best
+    # an equal score later does not take the place of the earlier adapter
+    tie = make_run(results, "tie", {"big2": {"model": "big", "chrf": 31.5, "eval_loss": 1.0}})
+    assert leaderboard.update_best(leaderboard.build([tie]), results)["overall"]["trial"] == "big"
+
+
 def test_best_json_by_eval_loss_prefers_the_lower_loss(tmp_path):
     results = tmp_path / "results"
     run = make_run(results, "r", {"a": {"chrf": 30.0, "eval_loss": 2.0}, "b": {"chrf": 20.0, "eval_loss": 1.2}},
@@ -146,3 +171,4 @@ def test_better_follows_the_metric_direction(metric, expected):
     assert leaderboard._better(2.0, 1.0, metric) is expected
     assert leaderboard._better(None, 1.0, metric) is False and leaderboard._better(1.0, None, metric) is True
     assert leaderboard._better(float("nan"), 1.0, metric) is False
+    assert leaderboard._better(1.0, 1.0, metric) is False  # a tie keeps the current best
