@@ -172,3 +172,40 @@ def test_better_follows_the_metric_direction(metric, expected):
     assert leaderboard._better(None, 1.0, metric) is False and leaderboard._better(1.0, None, metric) is True
     assert leaderboard._better(float("nan"), 1.0, metric) is False
     assert leaderboard._better(1.0, 1.0, metric) is False  # a tie keeps the current best
+
+
+def test_defaults_and_an_empty_run(tmp_path):
+    results = tmp_path / "results"
+    plain = results / "plain"
+    _write(plain / "run.json", {})  # an old run.json without the metric: chrF ranks
+    make_run(results, "tmp", MIXED)
+    (results / "tmp" / "trials").rename(plain / "trials")
+    board = leaderboard.build([plain])
+    assert board.metric == "chrf" and order(board)[:3] == ["high", "mid", "low"]
+    assert "index" not in board.frame.columns and "index" not in board.epochs.columns
+    assert list(board.epochs["trial"]) == sorted(board.epochs["trial"])  # every technique is lora here
+    empty = results / "empty"
+    _write(empty / "run.json", {"config": {"run": {"metric": "bleu"}}})
+    (empty / "trials").mkdir()
+    board = leaderboard.build([empty])
+    assert board.metric == "bleu" and board.footer == ["(no trials yet)"] and board.epochs.empty
+    assert {"rank", "trial", "error", "adapter"} <= set(board.frame.columns) and board.frame.empty
+    assert leaderboard.update_best(board, results)["overall"] is None
+    assert leaderboard.build([]).metric == "chrf"
+
+
+def test_epoch_rows_are_ordered_by_technique_then_trial_then_epoch(tmp_path):
+    run = make_run(tmp_path, "r", {"a-trial": {"chrf": 1.0, "eval_loss": 1.0, "technique": "soft_prompting"},
+                                   "b-trial": {"chrf": 2.0, "eval_loss": 1.0, "technique": "lora"}})
+    assert list(leaderboard.build([run]).epochs["trial"]) == ["b-trial", "a-trial"]
+
+
+def test_trials_without_an_adapter_are_never_the_best(tmp_path):
+    results = tmp_path / "results"
+    run = make_run(results, "r", {"base": {"technique": "base", "chrf": 50.0, "adapter": False},
+                                  "lora": {"chrf": 10.0, "eval_loss": 1.0}})
+    assert leaderboard.update_best(leaderboard.build([run]), results)["overall"]["trial"] == "lora"
+    later = make_run(results, "later", {"third": {"model": "third", "chrf": 12.0, "eval_loss": 1.0},
+                                        "fourth": {"model": "fourth", "chrf": 11.0, "eval_loss": 1.0}})
+    best = leaderboard.update_best(leaderboard.build([later]), results)
+    assert best["overall"]["trial"] == "third" and len(best["by_model_dataset"]) == 3
