@@ -90,7 +90,7 @@ def test_learning_rate_of_the_groups_is_restored(tmp_path):
     optimizer = optimizer_of(model)
     optimizer.param_groups[0]["lr"] = 0.0123  # e.g. where the schedule had got to
     train_step(model, optimizer)
-    save_training_state(tmp_path, optimizer, {})
+    save_training_state(tmp_path, optimizer, {"trial_dir": tmp_path})  # anything else is kept as text
     fresh = optimizer_of(small_model())
-    load_training_state(tmp_path, fresh)
+    assert load_training_state(tmp_path, fresh) == {"trial_dir": str(tmp_path)}
     assert fresh.param_groups[0]["lr"] == 0.0123

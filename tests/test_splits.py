@@ -120,3 +120,29 @@ def test_batches_cover_every_example_once_and_follow_seed_and_epoch(group):
         assert padding < sum(max(lengths[b]) * len(b) - lengths[b].sum() for b in map(list, plain)) / 3
     unshuffled = batch_indices(lengths, 8, seed=3, epoch=1, group_by_length=False, shuffle=False)
     assert [i for b in unshuffled for i in b] == list(range(103))
+
+
+def test_batches_of_a_seed_stay_the_same_across_versions():
+    """A run is reproducible from its recorded seed only while the seed -> order mapping stays put."""
+    lengths = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3])
+    assert batch_indices(lengths, 4, seed=1, epoch=2, group_by_length=False) == [[6, 8, 7, 2], [5, 9, 3, 1], [0, 4]]
+    assert batch_indices(lengths, 4, seed=1, epoch=2, group_by_length=True) == [[3, 1], [5, 7, 8, 4], [2, 9, 0, 6]]
+
+
+def test_provenance_and_the_empty_split_errors(tmp_path):
+    splits = load_splits(DataConfig(dataset=tsv(tmp_path / "all.tsv", ALL), split_seed=9))
+    assert {k: splits.provenance[k] for k in ("dataset", "dataset_config", "split_seed", "files")} == {
+        "dataset": str(tmp_path / "all.tsv"), "dataset_config": None, "split_seed": 9,
+        "files": {"train": str(tmp_path / "all.tsv")}}
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    tsv(folder / "test.tsv", ALL[:5])
+    tsv(folder / "validation.tsv", ALL[5:8])
+    with pytest.raises(data.BenchError, match="the train split of .* is empty"):  # no train file at all
+        load_splits(DataConfig(dataset=str(folder)))
+    tsv(folder / "train.tsv", ALL[10:20])
+    tsv(folder / "validation.tsv", ALL[:3])  # every validation sentence is a test sentence
+    with pytest.raises(data.BenchError, match=r"the validation split of .* is empty after reading and filtering "
+                                              r"\(empty lines, test sentences removed from train\)\. Give more data "
+                                              r"or a separate data\.validation_file"):
+        load_splits(DataConfig(dataset=str(folder)))
