@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+import fault_plugins
 from harness.cli import main
 from harness.io import read_json, read_jsonl
 
@@ -84,55 +84,9 @@ def test_optuna_search_records_distinct_suggestions(ray_local, tiny_yaml, capsys
         assert t["status"]["status"] == "ok"
 
 
-PLUGIN = textwrap.dedent('''
-    """Third-party techniques for the tests, installed only through the entry-point group."""
-    from techniques.base import Choice, LogUniform, Technique
-    from techniques.lora import LoRA
-
-
-    class IA3(Technique):
-        name = "ia3"
-        description = "IA3: learned rescaling vectors (test plugin)"
-        defaults = {"lr": 1e-2}
-        search_space = {"lr": LogUniform(1e-3, 1e-1)}
-
-        def peft_config(self, hp, model, tokenizer):
-            from peft import IA3Config, TaskType
-
-            return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=["k_proj", "v_proj", "down_proj"],
-                             feedforward_modules=["down_proj"])
-
-
-    class Faulty(LoRA):
-        name = "faulty"
-        description = "LoRA that raises in its second epoch (fault injection)"
-
-        def after_wrap(self, model, hp, tokenizer):
-            calls = {"n": 0}
-
-            def hook(module, args, output):
-                if module.training:
-                    calls["n"] += 1
-                    if calls["n"] > 6:  # 48 pairs / batch 8 = 6 steps per epoch
-                        raise RuntimeError("injected fault in epoch 2")
-                return output
-
-            model.register_forward_hook(hook)
-''')
-
-
 @pytest.fixture()
 def plugin_path(tmp_path) -> Path:
-    root = tmp_path / "plugins"
-    root.mkdir()
-    (root / "peft_bench_test_plugins.py").write_text(PLUGIN)
-    info = root / "peft_bench_test_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: peft-bench-test-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[peft_bench.techniques]\nia3 = peft_bench_test_plugins:IA3\nfaulty = peft_bench_test_plugins:Faulty\n"
-    )
-    return root
+    return fault_plugins.install(tmp_path / "plugins")
 
 
 def cli(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
@@ -143,7 +97,8 @@ def cli(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.
 
 def test_entry_point_plugins_run_and_a_failing_trial_is_isolated(tiny_yaml, plugin_path):
     config = tiny_yaml()
-    env = {"PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")])}
+    env = {"PYTHONPATH": os.pathsep.join([str(plugin_path), str(Path(__file__).parent),
+                                          os.environ.get("PYTHONPATH", "")])}
     proc = cli(["--config", str(config), "--techniques", "ia3,faulty,lora", "--name", "plugins"], env)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
