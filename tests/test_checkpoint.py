@@ -94,3 +94,20 @@ def test_learning_rate_of_the_groups_is_restored(tmp_path):
     fresh = optimizer_of(small_model())
     assert load_training_state(tmp_path, fresh) == {"trial_dir": str(tmp_path)}
     assert fresh.param_groups[0]["lr"] == 0.0123
+
+
+def test_the_saved_adapter_is_safetensors_and_reloads(tmp_path):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from harness.checkpoint import ADAPTER_WEIGHTS, save_adapter
+
+    torch.manual_seed(0)
+    model = get_peft_model(torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2)),
+                           LoraConfig(r=2, target_modules=["0"], init_lora_weights=False))
+    save_adapter(model, tmp_path)
+    assert (tmp_path / ADAPTER_WEIGHTS).is_file() and (tmp_path / TRAINABLE).is_file()
+    assert not list(tmp_path.glob("*.bin"))  # never pickle
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    x = torch.randn(3, 4)
+    assert torch.allclose(PeftModel.from_pretrained(base, str(tmp_path))(x), model(x))
