@@ -62,3 +62,14 @@ def test_optuna_with_asha_minimises_eval_loss(ray_local, tmp_path):
     plain = cfg("run.techniques=lora", "run.search=optuna", "run.metric=chrf")
     tune_config = driver.build_tuner(driver.plan(plain)[-1], plain, tmp_path, "cpu", 2, 0)[1]._local_tuner._tune_config
     assert tune_config.scheduler is None and (tune_config.metric, tune_config.mode) == ("chrf", "max")
+
+
+def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
+    from harness import cli
+
+    def interrupted(cfg, resume_dir=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "run", interrupted)  # the CLI around the driver; the driver's own Ctrl-C is Ray's
+    assert cli.main(["--techniques", "lora"]) == 130
+    assert "interrupted; finished trials are kept. Resume with --resume RUN_DIR." in capsys.readouterr().err
