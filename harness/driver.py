@@ -25,7 +25,7 @@ from harness.errors import BenchError
 from harness.io import atomic_write_json, read_json, read_jsonl
 from harness.data import load_splits
 from harness.models import check_hub, resolve_source
-from harness.provenance import commit, versions
+from harness.provenance import commit, hardware, versions
 from techniques import registry
 from techniques.base import Choice, IntRange, LogUniform, Space
 
@@ -478,7 +478,7 @@ def run(cfg: BenchConfig, resume_dir: str | None = None) -> tuple[Path, int]:
     if run_dir is None:
         run_dir = new_run_dir(cfg)
         meta = {"config": cfg.to_dict(), "created": time.time(), "command": sys.argv, "commit": commit(),
-                "versions": versions(), "device": device, "cpus": cpus, "gpus": gpus,
+                "versions": versions(), "hardware": hardware(), "device": device, "cpus": cpus, "gpus": gpus,
                 "experiments": [dataclasses.asdict(e) for e in experiments]}
     print(f"run folder: {run_dir}", flush=True)
     meta.update(status="running", resumed=bool(resume_dir) or meta.get("resumed", False))

@@ -84,10 +84,15 @@ class RowLimit(StoppingCriteria):
     """Stops each row at its own number of new tokens (HF generate marks a row finished when True)."""
 
     def __init__(self, caps: Sequence[int], prompt_width: int, num_beams: int = 1):
-        self.limits = torch.tensor([c for c in caps for _ in range(num_beams)]) + prompt_width
+        self.caps = torch.tensor(list(caps))
+        self.limits = self.caps.repeat_interleave(num_beams) + prompt_width
+        self.prompt_width = prompt_width
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        return (input_ids.shape[1] >= self.limits.to(input_ids.device)).to(torch.bool)
+        # Beam search also asks about its candidates (a multiple of num_beams rows per sentence, more with
+        # several stop tokens): each sentence's rows get its cap, whatever their number.
+        limits = self.caps.repeat_interleave(input_ids.shape[0] // len(self.caps)) + self.prompt_width
+        return (input_ids.shape[1] >= limits.to(input_ids.device)).to(torch.bool)
 
 
 def translate(

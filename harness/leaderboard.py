@@ -22,6 +22,7 @@ from tabulate import tabulate
 from harness.checkpoint import TRAINABLE
 from harness.errors import BenchError
 from harness.io import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from harness.provenance import hardware_line
 
 log = logging.getLogger(__name__)
 
@@ -341,11 +342,14 @@ def _pick(members: list[dict[str, Any]], selection: str) -> dict[str, Any]:
 def build(run_dirs: list[Path], metric: str | None = None) -> Board:
     """Collect every trial of the given runs, pool the seeds of each configuration, rank the configurations
     and test whether their differences are significant."""
-    rows, epochs, predictions = [], [], {}
+    rows, epochs, predictions, machines = [], [], {}, []
     config: dict[str, Any] = {}
     for run_dir in run_dirs:
-        config = config or _read(run_dir / "run.json").get("config", {})
-        metric = metric or _read(run_dir / "run.json").get("config", {}).get("run", {}).get("metric", "chrf")
+        run = _read(run_dir / "run.json")
+        config = config or run.get("config", {})
+        metric = metric or run.get("config", {}).get("run", {}).get("metric", "chrf")
+        if run.get("hardware") and hardware_line(run["hardware"]) not in machines:
+            machines.append(hardware_line(run["hardware"]))
         for folder in sorted((run_dir / "trials").glob("*")):
             if folder.is_dir():
                 row, per_epoch = trial_row(folder, metric)
@@ -385,7 +389,7 @@ def build(run_dirs: list[Path], metric: str | None = None) -> Board:
     if not epoch_frame.empty:
         epoch_frame = epoch_frame.sort_values(["model", "technique", "trial", "epoch"]).reset_index(drop=True)
     board.epochs = epoch_frame
-    board.footer = footer(board, not_compared)
+    board.footer = footer(board, not_compared) + machines
     return board
 
 

@@ -6,7 +6,11 @@ import os
 import sys
 from pathlib import Path
 
-import pytest
+# Before anything imports huggingface_hub: tests that expect "the hub cannot be reached" must not download on a
+# networked CI, and no test may depend on the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "eng-tur"

@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
+import fault_plugins
 from harness.cli import main
 from harness.io import read_json, read_jsonl
 
@@ -54,7 +54,13 @@ def test_techniques_original_runs_baseline_and_its_four_techniques(ray_local, ti
     for name in ("leaderboard.md", "leaderboard.csv", "leaderboard.json", "epochs.md", "run.json"):
         assert (run_dir / name).is_file(), name
     board = json.loads((run_dir / "leaderboard.json").read_text())
-    assert [row["rank"] for row in board] == [1, 2, 3, 4, 5]
+    # ranked by test chrF, best first (all trials finished); best.json points at the first row
+    chrf = [row["chrf"] for row in board]
+    assert chrf == sorted(chrf, reverse=True) and [row["rank"] for row in board] == [1, 2, 3, 4, 5]
+    trained = [row for row in board if row["technique"] != "base"]
+    assert read_json(run_dir.parent / "best.json")["overall"]["trial"] == trained[0]["trial"]
+    hardware = read_json(run_dir / "run.json")["hardware"]
+    assert hardware["cpu"] and hardware["cores"] >= 1 and f"hardware: {hardware['cpu']}" in out
     assert "soft_prompting" in out and "nrefs:1|case:mixed|eff:yes|nc:6|nw:0" in out  # table + signature
     best = read_json(run_dir.parent / "best.json")
     assert best["overall"]["adapter"].startswith(str(run_dir)) and Path(best["overall"]["adapter"]).is_dir()
@@ -78,55 +84,9 @@ def test_optuna_search_records_distinct_suggestions(ray_local, tiny_yaml, capsys
         assert t["status"]["status"] == "ok"
 
 
-PLUGIN = textwrap.dedent('''
-    """Third-party techniques for the tests, installed only through the entry-point group."""
-    from techniques.base import Choice, LogUniform, Technique
-    from techniques.lora import LoRA
-
-
-    class IA3(Technique):
-        name = "ia3"
-        description = "IA3: learned rescaling vectors (test plugin)"
-        defaults = {"lr": 1e-2}
-        search_space = {"lr": LogUniform(1e-3, 1e-1)}
-
-        def peft_config(self, hp, model, tokenizer):
-            from peft import IA3Config, TaskType
-
-            return IA3Config(task_type=TaskType.CAUSAL_LM, target_modules=["k_proj", "v_proj", "down_proj"],
-                             feedforward_modules=["down_proj"])
-
-
-    class Faulty(LoRA):
-        name = "faulty"
-        description = "LoRA that raises in its second epoch (fault injection)"
-
-        def after_wrap(self, model, hp, tokenizer):
-            calls = {"n": 0}
-
-            def hook(module, args, output):
-                if module.training:
-                    calls["n"] += 1
-                    if calls["n"] > 6:  # 48 pairs / batch 8 = 6 steps per epoch
-                        raise RuntimeError("injected fault in epoch 2")
-                return output
-
-            model.register_forward_hook(hook)
-''')
-
-
 @pytest.fixture()
 def plugin_path(tmp_path) -> Path:
-    root = tmp_path / "plugins"
-    root.mkdir()
-    (root / "peft_bench_test_plugins.py").write_text(PLUGIN)
-    info = root / "peft_bench_test_plugins-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: peft-bench-test-plugins\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text(
-        "[peft_bench.techniques]\nia3 = peft_bench_test_plugins:IA3\nfaulty = peft_bench_test_plugins:Faulty\n"
-    )
-    return root
+    return fault_plugins.install(tmp_path / "plugins")
 
 
 def cli(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.Popen:
@@ -137,7 +97,8 @@ def cli(args: list[str], env_extra: dict | None = None, **kwargs) -> subprocess.
 
 def test_entry_point_plugins_run_and_a_failing_trial_is_isolated(tiny_yaml, plugin_path):
     config = tiny_yaml()
-    env = {"PYTHONPATH": os.pathsep.join([str(plugin_path), os.environ.get("PYTHONPATH", "")])}
+    env = {"PYTHONPATH": os.pathsep.join([str(plugin_path), str(Path(__file__).parent),
+                                          os.environ.get("PYTHONPATH", "")])}
     proc = cli(["--config", str(config), "--techniques", "ia3,faulty,lora", "--name", "plugins"], env)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out
@@ -163,39 +124,63 @@ def wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
 
 def test_kill_9_then_resume_reaches_the_same_leaderboard(tiny_yaml, tmp_path):
     config = tiny_yaml(train={"epochs": 3})
-    # The baseline finishes before the kill (it must not run again), LoRA is killed mid-training (it must
-    # continue from its last epoch checkpoint).
+    # Killed twice: mid-training (the baseline has finished and must not run again, LoRA must continue from
+    # its last epoch checkpoint, not from scratch), then again while the first --resume restores the run.
     args = ["--config", str(config), "--techniques", "lora", "--max-concurrent", "1"]
     reference = cli(args + ["--name", "reference"])
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out
-    expected = {t["trial"]["technique"]: t["rows"] for t in trials(run_dir_from(out)).values()}
+    ref_dir = run_dir_from(out)
+    expected = {t["trial"]["technique"]: t for t in trials(ref_dir).values()}
 
     victim = cli(args + ["--name", "victim"], start_new_session=True)
     run_dir = tmp_path / "results" / "victim"
 
-    def lora_mid_training() -> bool:
+    def lora_rows() -> int:
         rows = list(run_dir.glob("trials/*--lora--*/metrics.jsonl"))
-        return bool(rows) and len(read_jsonl(rows[0])) >= 1
+        return len(read_jsonl(rows[0])) if rows else 0
 
-    wait_for(lora_mid_training, 300, victim)
+    wait_for(lambda: lora_rows() >= 1, 300, victim)
     os.killpg(victim.pid, signal.SIGKILL)  # the driver, Ray's services and the trial workers
     victim.wait(timeout=30)
     assert read_json(run_dir / "run.json")["status"] == "running"
+    base = next(run_dir.glob("trials/*--base--*"))
+    assert read_json(base / "status.json")["status"] == "ok"
+    base_files = {name: (base / name).read_bytes() for name in ("status.json", "metrics.jsonl", "test_metrics.json")}
+    done_rows = read_jsonl(next(run_dir.glob("trials/*--lora--*/metrics.jsonl")))
+
+    second = cli(["--resume", str(run_dir)], start_new_session=True)
+    wait_for(lambda: read_json(run_dir / "run.json").get("resumed") is True, 120, second)
+    os.killpg(second.pid, signal.SIGKILL)
+    second.wait(timeout=30)
 
     resumed = cli(["--resume", str(run_dir)])
     out, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, out
     got = {t["trial"]["technique"]: t for t in trials(run_dir).values()}
     assert sorted(got) == sorted(expected) and len(got) == 2  # no trial twice, none missing
-    for technique, rows in expected.items():
+    assert {name: (base / name).read_bytes() for name in base_files} == base_files  # the baseline did not rerun
+    lora = got["lora"]["folder"]
+    assert read_jsonl(lora / "metrics.jsonl")[: len(done_rows)] == done_rows  # finished epochs kept as they were
+    steps = [r["step"] for r in read_jsonl(lora / "steps.jsonl")]
+    assert steps == [r["step"] for r in read_jsonl(expected["lora"]["folder"] / "steps.jsonl")]
+    for technique, want in expected.items():
         assert got[technique]["status"]["status"] == "ok"
         resumed_rows = got[technique]["rows"]
-        assert [r["epoch"] for r in resumed_rows] == [r["epoch"] for r in rows]
-        for want, have in zip(rows, resumed_rows):
+        assert [r["epoch"] for r in resumed_rows] == [r["epoch"] for r in want["rows"]]
+        for a, b in zip(want["rows"], resumed_rows):
             for key in ("eval_loss", "chrf", "bleu", "train_loss"):
-                if key in want:
-                    assert have[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), (technique, key)
+                if key in a:
+                    assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), (technique, key)
+    # the final boards, test scores included
+    keys = ("technique", "rank", "status", "epochs", "best_epoch", "eval_loss", "bleu", "chrf", "chrf_pp")
+    boards = [[{k: row[k] for k in keys} for row in json.loads((d / "leaderboard.json").read_text())]
+              for d in (ref_dir, run_dir)]
+    assert len(boards[0]) == len(boards[1]) == 2
+    for a, b in zip(*boards):
+        assert {k: a[k] for k in keys[:5]} == {k: b[k] for k in keys[:5]}
+        for k in keys[5:]:
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), k
     assert read_json(run_dir / "run.json")["status"] == "finished"
 
 

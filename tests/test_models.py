@@ -18,7 +18,9 @@ def test_local_folder_loads_on_cpu_in_float32(tiny_llama):
     loaded = load_model(ModelConfig(name=str(tiny_llama)), "cpu")
     assert loaded.dtype == torch.float32 and not loaded.quantized
     assert next(loaded.model.parameters()).dtype == torch.float32
-    assert loaded.tokenizer.pad_token_id is not None
+    # the tokenizer's own pad token is kept (only a tokenizer without one gets EOS, see below)
+    assert loaded.tokenizer.pad_token == "<pad>" and loaded.tokenizer.pad_token_id != loaded.tokenizer.eos_token_id
+    assert loaded.model.config.pad_token_id == loaded.tokenizer.pad_token_id
 
 
 def test_pad_token_is_set_when_missing(tmp_path, tiny_llama):
@@ -29,7 +31,7 @@ def test_pad_token_is_set_when_missing(tmp_path, tiny_llama):
     tok.save_pretrained(tmp_path / "m")
     AutoModelForCausalLM.from_pretrained(tiny_llama).save_pretrained(tmp_path / "m")
     loaded = load_model(ModelConfig(name=str(tmp_path / "m")), "cpu")
-    assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token
+    assert loaded.tokenizer.pad_token == loaded.tokenizer.eos_token == "</s>"
 
 
 @pytest.mark.parametrize("quant", ["nf4", "fp4"])
@@ -48,19 +50,54 @@ def test_4bit_loading_quantizes_the_linear_layers(tiny_gemma, quant):
         assert torch.isfinite(four.model(**ids).logits).all()
 
 
-def test_device_choice_and_dtype_per_device(caplog):
+def test_device_choice_and_dtype_per_device(caplog, monkeypatch):
     assert resolve_device("cpu") == "cpu"
-    assert resolve_device("auto") in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(BenchError, match="--device cuda: no CUDA GPU is visible here.*Use --device cpu"):
-            resolve_device("cuda")
+    # auto: CUDA, then MPS, then CPU, each branch forced (the test machine has only one of them)
+    monkeypatch.setattr("harness.devices.mps_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(BenchError, match="--device cuda: no CUDA GPU is visible here.*Use --device cpu"):
+        resolve_device("cuda")
+    monkeypatch.setattr("harness.devices.mps_available", lambda: True)
+    assert resolve_device("auto") == "mps"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda") == "cuda"
+    monkeypatch.undo()
+    with pytest.raises(BenchError, match="--device: 'tpu' is not a device; use auto, cpu, cuda or mps"):
+        resolve_device("tpu")
     assert choose_dtype("cpu") == torch.float32
-    with caplog.at_level(logging.WARNING):
-        got = choose_dtype("cpu", bf16=True)
-    if not cpu_has_native_bf16():
-        assert got == torch.float32 and "30x slower" in caplog.text
     assert choose_dtype("cpu", fp16=True) == torch.float32
     assert choose_dtype("mps") == torch.float32 and choose_dtype("mps", fp16=True) == torch.float16
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_cpu_follows_native_support(native, caplog, monkeypatch):
+    """Both branches, whatever this CPU is: bf16 runs natively with AMX / AVX512-BF16, else float32 + warning."""
+    monkeypatch.setattr("harness.devices.cpu_has_native_bf16", lambda: native)
+    with caplog.at_level(logging.WARNING):
+        got = choose_dtype("cpu", bf16=True)
+    assert got == (torch.bfloat16 if native else torch.float32)
+    assert ("30x slower" in caplog.text) is (not native)
+
+
+def test_native_bf16_detection_agrees_with_the_recorded_cpu_flags():
+    from harness.provenance import hardware
+
+    flags = set(hardware()["cpu_flags"])
+    assert cpu_has_native_bf16() is bool(flags & {"amx_bf16", "avx512_bf16"})
+    assert hardware()["cpu_native_bf16"] is cpu_has_native_bf16()
+
+
+@pytest.mark.parametrize("double,compute", [(True, "auto"), (False, "bfloat16")])
+def test_4bit_double_quantisation_and_compute_dtype(tiny_gemma, double, compute):
+    four = load_model(ModelConfig(name=str(tiny_gemma), load_in_4bit=True, bnb_4bit_use_double_quant=double,
+                                  bnb_4bit_compute_dtype=compute), "cpu")
+    layer = four.model.model.layers[0].mlp.up_proj
+    assert layer.weight.quant_state.nested is double  # the quantisation constants are quantised again
+    assert layer.compute_dtype == (torch.float32 if compute == "auto" else torch.bfloat16)
+    qc = four.model.config.quantization_config
+    qc = qc if isinstance(qc, dict) else qc.to_dict()
+    assert qc["bnb_4bit_use_double_quant"] is double
 
 
 def test_clear_errors_for_bad_model_names(tmp_path):

@@ -160,3 +160,25 @@ def test_fused_lora_forward_gives_peft_loss_and_gradients(name, dropout, tiny_ge
         assert layers == 2 * 7
         assert "forward" in vars(model.get_base_model().model.layers[0].mlp.up_proj)
     assert "forward" not in vars(model.get_base_model().model.layers[0].mlp.up_proj)  # peft's forward is back
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_packed_forward_uses_packed_attention_then_restores_the_models_choice(implementation, tiny_llama):
+    from harness.packing import ATTENTION
+
+    cfg, model, tokenizer = _wrapped(tiny_llama)
+    config = model.get_base_model().config
+    config._attn_implementation = implementation
+    assert packing_unsupported(model) is None
+    seen = []
+    layer = model.get_base_model().model.layers[0].self_attn
+    handle = layer.register_forward_pre_hook(lambda module, args: seen.append(module.config._attn_implementation))
+    try:
+        enc = encode(load_splits(cfg.data).train[:3], tokenizer, cfg.data)
+        with torch.no_grad():
+            target_loss(model, pack(enc, [0, 1, 2]))
+            target_loss(model, collate(enc, [0, 1, 2], tokenizer.pad_token_id))
+    finally:
+        handle.remove()
+    assert seen == [ATTENTION, implementation]  # packed rows never see a plain (cross-sentence) attention
+    assert config._attn_implementation == implementation

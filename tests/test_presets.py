@@ -42,14 +42,17 @@ def test_preset_validates_and_documents_itself(name, monkeypatch):
         assert HUB_ID.match(cfg.data.dataset) and cfg.data.dataset_config, cfg.data.dataset
     if cfg.data.use_chat_template:
         assert cfg.data.target_prefix == ""
-    # The derived line: "cpu=float32 cuda=bfloat16 mps=float32; 4-bit: qlora"
+    # The derived line: "cpu=float32 cpu-bf16=float32 cuda=bfloat16 mps=float32; 4-bit: qlora", where cpu is a
+    # CPU without native bf16 and cpu-bf16 one with it (AMX / AVX512-BF16): both branches, whatever this CPU is.
     dtypes, _, four = head["derived"].partition("; 4-bit: ")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # a modern GPU
-    monkeypatch.setattr("harness.devices.cpu_has_native_bf16", lambda: False)  # this project's CPUs
-    for pair in dtypes.split():
-        device, expected = pair.split("=")
+    derived = dict(pair.split("=") for pair in dtypes.split())
+    assert set(derived) == {"cpu", "cpu-bf16", "cuda", "mps"}, name
+    for key, expected in derived.items():
+        device, native_bf16 = ("cpu", key == "cpu-bf16") if key.startswith("cpu") else (key, False)
+        monkeypatch.setattr("harness.devices.cpu_has_native_bf16", lambda native=native_bf16: native)
         got = choose_dtype(device, cfg.model.dtype, cfg.model.fp16, cfg.model.bf16)
-        assert dtype_name(got) == expected, (name, device)
+        assert dtype_name(got) == expected, (name, key)
     four_bit = {
         t for t in registry.names()
         if cfg.model.load_in_4bit or registry.get(t).model_overrides(resolve_hyperparameters(registry.get(t), cfg))

@@ -20,11 +20,12 @@ TECHNIQUES = ["lora", "qlora", "prefix_tuning", "soft_prompting"]
 
 
 def test_registry_names_aliases_and_labels():
-    assert registry.names()[:4] == TECHNIQUES  # the original four first, then the others
+    # the original four first, then the other built-ins, whatever plugin packages are installed after them
+    assert registry.names()[: len(TECHNIQUES)] == TECHNIQUES
     assert registry.get("prompt_tuning").name == "soft_prompting"
     assert registry.get("base").trains is False
     assert registry.resolve(["original"]) == TECHNIQUES
-    assert registry.resolve(["all"]) == registry.names()
+    assert registry.resolve(["all"]) == registry.names() and "base" not in registry.names()
     assert registry.resolve(["prompt_tuning", "lora", "soft_prompting"]) == ["soft_prompting", "lora"]
     for name in TECHNIQUES:
         tech = registry.get(name)
@@ -33,6 +34,22 @@ def test_registry_names_aliases_and_labels():
     assert registry.get("lora").label(dict(registry.get("lora").defaults)).startswith("r=16 alpha=32")
     assert registry.get("qlora").model_overrides({}) == {"load_in_4bit": True}
     assert registry.get("lora").model_overrides({}) == {}
+
+
+def test_plugins_from_the_entry_point_group_come_after_the_built_ins(tmp_path, monkeypatch):
+    import fault_plugins
+
+    monkeypatch.syspath_prepend(str(fault_plugins.install(tmp_path)))
+    registry.reload()
+    try:
+        names = registry.names()
+        assert names[: len(TECHNIQUES)] == TECHNIQUES and {"ia3", "faulty"} <= set(names[len(TECHNIQUES):])
+        assert "broken" not in names  # a plugin that fails to load does not take the others down
+        assert type(registry.get("faulty")).__name__ == "Faulty" and registry.resolve(["all"]) == names
+    finally:
+        monkeypatch.undo()
+        registry.reload()
+    assert "faulty" not in registry.names()
 
 
 def test_hyperparameter_precedence():

@@ -107,23 +107,36 @@ class Interrupt(Exception):
 
 @pytest.mark.parametrize("name", ["lora", "prefix_tuning"])
 def test_resume_from_an_epoch_checkpoint_reproduces_the_uninterrupted_trial(tmp_path, tiny_llama, name):
+    """Killed after epoch 1 (and, for LoRA, after epoch 2 too), the resumed trial trains only the epochs that
+    were not done and ends with the uninterrupted trial's rows, test scores and translations."""
     cfg = cfg_for(tmp_path, tiny_llama, "peft.dropout=0.1")  # dropout: the RNG state must be restored too
     reference = run_trial(spec(cfg, name, tmp_path / "ref"))["rows"]
+    ref_steps = read_jsonl(tmp_path / "ref" / "steps.jsonl")
+    for kill_at in ((1, 2) if name == "lora" else (1,)):
+        cut = tmp_path / f"cut{kill_at}"
 
-    def kill_after_first_epoch(row, checkpoint):
-        if row["epoch"] == 1:
-            raise Interrupt
+        def kill(row, checkpoint, at=kill_at):
+            if row["epoch"] == at:
+                raise Interrupt
 
-    with pytest.raises(Interrupt):
-        run_trial(spec(cfg, name, tmp_path / "cut"), kill_after_first_epoch)
-    assert read_json(tmp_path / "cut" / "status.json")["status"] == "running"
-    resumed = run_trial(spec(cfg, name, tmp_path / "cut"), resume_from=tmp_path / "cut" / "checkpoint")["rows"]
-    assert [r["epoch"] for r in resumed] == [1, 2, 3]
-    for ref, got in zip(reference, resumed):
-        for key in ("train_loss", "eval_loss", "chrf", "bleu"):
-            assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), (key, ref["epoch"])
-    assert read_json(tmp_path / "cut" / "test_metrics.json")["chrf"] == pytest.approx(
-        read_json(tmp_path / "ref" / "test_metrics.json")["chrf"])
+        with pytest.raises(Interrupt):
+            run_trial(spec(cfg, name, cut), kill)
+        assert read_json(cut / "status.json")["status"] == "running"
+        reported = []
+        resumed = run_trial(spec(cfg, name, cut), lambda row, checkpoint: reported.append(row["epoch"]),
+                            resume_from=cut / "checkpoint")["rows"]
+        assert reported == list(range(kill_at + 1, 4))  # finished epochs are not trained again
+        assert [r["epoch"] for r in resumed] == [1, 2, 3]
+        for ref, got in zip(reference, resumed):
+            for key in ("train_loss", "eval_loss", "chrf", "bleu", "step"):
+                assert got[key] == pytest.approx(ref[key], rel=1e-4, abs=1e-6), (key, ref["epoch"], kill_at)
+        steps = read_jsonl(cut / "steps.jsonl")
+        assert [r["step"] for r in steps] == [r["step"] for r in ref_steps]  # no step twice, none missing
+        assert [r["loss"] for r in steps] == pytest.approx([r["loss"] for r in ref_steps], rel=1e-4)
+        want, got = read_json(tmp_path / "ref" / "test_metrics.json"), read_json(cut / "test_metrics.json")
+        for key in ("bleu", "chrf", "chrf_pp", "epoch"):
+            assert got[key] == pytest.approx(want[key]), (key, kill_at)
+        assert (cut / "predictions.tsv").read_text() == (tmp_path / "ref" / "predictions.tsv").read_text()
 
 
 def test_mark_failed_records_the_error(tmp_path):

@@ -74,16 +74,36 @@ def _fails(capsys, argv: list[str], *needles: str) -> str:
     return err
 
 
+def _in_memory(trained, sentences: list[str], max_new_tokens: int) -> list[str]:
+    """What the trained adapter translates, loaded without the CLI (base + peft adapter, the trial's prompt)."""
+    from peft import PeftModel
+
+    from harness.evaluation import translate as generate
+    from harness.models import load_model
+
+    cfg = load_config(None, [f"model.name={trained['model']}"])
+    loaded = load_model(cfg.model, "cpu")
+    model = PeftModel.from_pretrained(loaded.model, str(trained["adapter"])).eval()
+    return [" ".join(h.split()) for h in generate(model, loaded.tokenizer, sentences, cfg.data,
+                                                  max_new_tokens=max_new_tokens)]
+
+
+@pytest.fixture(scope="module")
+def expected(trained) -> dict[str, str]:
+    sentences = ["Hello.", "Good morning.", "Where is the station?", "The weather is nice today."]
+    return dict(zip(sentences, _in_memory(trained, sentences, 8)))
+
+
 # ------------------------------------------------------------------------------------------- modes
 
 
-def test_text_prints_one_line(trained, capsys):
+def test_text_prints_one_line(trained, expected, capsys):
     assert translate.main(["--adapter", str(trained["adapter"]), "--text", "Hello.", "--max-new-tokens", "8"]) == 0
     out = capsys.readouterr().out
-    assert out.endswith("\n") and len(_lines(out)) == 1
+    assert out.endswith("\n") and [" ".join(line.split()) for line in _lines(out)] == [expected["Hello."]]
 
 
-def test_input_file_to_output_file_keeps_line_alignment(trained, tmp_path, capsys):
+def test_input_file_to_output_file_keeps_line_alignment(trained, expected, tmp_path, capsys):
     source = tmp_path / "in.en"
     source.write_text("Good morning.\n\nWhere is the station?\n", encoding="utf-8")
     target = tmp_path / "out.tr"
@@ -91,8 +111,8 @@ def test_input_file_to_output_file_keeps_line_alignment(trained, tmp_path, capsy
             "--max-new-tokens", "8", "--batch-size", "2"]
     assert translate.main(argv) == 0
     assert capsys.readouterr().out == ""
-    lines = _lines(target.read_text(encoding="utf-8"))
-    assert len(lines) == 3 and lines[1] == ""
+    lines = [" ".join(line.split()) for line in _lines(target.read_text(encoding="utf-8"))]
+    assert lines == [expected["Good morning."], "", expected["Where is the station?"]]
 
 
 def test_best_reloads_the_trained_model_exactly(trained, tmp_path, capsys):
@@ -108,11 +128,12 @@ def test_best_reloads_the_trained_model_exactly(trained, tmp_path, capsys):
     assert got == [" ".join(r[2].split()) for r in rows]
 
 
-def test_stdin_pipe_translates_each_line(trained):
+def test_stdin_pipe_translates_each_line(trained, expected):
     done = _cli("--best", "--results-dir", str(trained["results"]), "--max-new-tokens", "8",
-                stdin="The weather is nice today.\n")
+                stdin="The weather is nice today.\nHello.\n")
     assert done.returncode == 0, done.stderr
-    assert len(_lines(done.stdout)) == 1 and "Traceback" not in done.stderr
+    got = [" ".join(line.split()) for line in _lines(done.stdout)]
+    assert got == [expected["The weather is nice today."], expected["Hello."]] and "Traceback" not in done.stderr
 
 
 def test_interactive_through_a_pipe_answers_each_line_at_once(trained):
@@ -137,6 +158,12 @@ def test_interactive_through_a_pipe_answers_each_line_at_once(trained):
 
 
 def test_merge_and_save_gives_a_plain_model_with_the_same_translations(trained, tmp_path, capsys):
+    """The tiny adapter's greedy outputs equal the bare base's, so translations alone cannot tell a merged model
+    from the unmerged base: the logits do (merged = base + adapter, and not the base)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     merged = tmp_path / "merged"
     text = "Where is the station?"
     common = ["--text", text, "--max-new-tokens", "8"]
@@ -147,18 +174,33 @@ def test_merge_and_save_gives_a_plain_model_with_the_same_translations(trained, 
     assert translate.main(["--no-adapter", "--base-model", str(merged), *common]) == 0
     assert capsys.readouterr().out == with_adapter
 
+    ids = AutoTokenizer.from_pretrained(merged)(f"English: {text}\nTurkish:", return_tensors="pt")
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(trained["model"]).eval()
+        plain = base(**ids).logits
+        adapted = PeftModel.from_pretrained(base, str(trained["adapter"])).eval()(**ids).logits
+        folded = AutoModelForCausalLM.from_pretrained(merged).eval()(**ids).logits
+    change = float((adapted - plain).abs().max())
+    assert change > 1e-4  # the adapter does change the model
+    assert float((folded - adapted).abs().max()) < change / 100
+
 
 def test_qlora_adapters_load_a_4bit_base(trained, tmp_path):
-    """The 4-bit base is the technique's business: applied from the trial's technique, as training does."""
+    """The 4-bit base is the technique's business: applied from the trial's technique, as training does, and
+    the loaded model really is 4-bit under the adapter."""
     for technique, four_bit in (("lora", False), ("qlora", True)):
         trial = tmp_path / technique
         shutil.copytree(trained["adapter"], trial / "adapter")
         record = json.loads((trained["trial"] / "config.json").read_text("utf-8"))
         record["technique"] = technique
         (trial / "config.json").write_text(json.dumps(record), encoding="utf-8")
-        target = translate.resolve_target(translate.parser().parse_args(["--adapter", str(trial / "adapter")]))
+        args = translate.parser().parse_args(["--adapter", str(trial / "adapter")])
+        target = translate.resolve_target(args)
         assert target.model_cfg.load_in_4bit is four_bit and target.technique == technique
         assert target.data_cfg.prompt_template == record["config"]["data"]["prompt_template"]
+        model = translate.load_translator(target, "cpu", args).model
+        kinds = {type(m).__name__ for m in model.modules()}
+        assert ("Linear4bit" in kinds) is four_bit and type(model).__name__.startswith("Peft")
 
 
 # ------------------------------------------------------------------------------------------ errors
