@@ -5,7 +5,6 @@ paragraph (exit code 2, no traceback on the command line)."""
 from __future__ import annotations
 
 import codecs
-import dataclasses
 import io
 import logging
 import os

@@ -111,7 +111,9 @@ def test_best_json_entries_per_model_and_dataset_and_overall(tmp_path):
     assert entry == {"metric": "chrf", "value": 31.5, "model": "big", "technique": "qlora", "params": "big",
                      "adapter": str((run / "trials" / "big" / "adapter").resolve()), "run": "r", "trial": "big",
                      "bleu": 8.25, "chrf": 31.5, "eval_loss": 1.75, "dataset": "embedded", "dataset_sha256": "abc",
-                     "test_size": 4.0}
+                     "test_size": 4.0, "seeds": 1.0, "rank": "1", "runner_up": "lora small",
+                     # no predictions.tsv in these hand-built trials: nothing to test the difference on
+                     "p_vs_runner_up": None, "significance_level": 0.05, "significant_vs_runner_up": None}
     assert read_json(results / "best.json") == best
     # an equal score later does not take the place of the earlier adapter
     tie = make_run(results, "tie", {"big2": {"model": "big", "chrf": 31.5, "eval_loss": 1.0}})
