@@ -105,6 +105,14 @@ def cpu_prefers_bf16() -> bool:
     return cpu_has_native_bf16() and cpu_bf16_speedup() >= BF16_MIN_SPEEDUP
 
 
+def pin_cpu_dtype() -> None:
+    """Decide the CPU's `auto` dtype once and pin it in the environment, which the processes this one starts
+    (a local run's Ray workers) inherit: the probe is noisy (1.7x, 0.8x, 1.1x in three rounds on one host), and
+    trials of one run must not compute in different dtypes."""
+    if os.environ.get("PEFT_BENCH_CPU_BF16", "").strip() not in ("0", "1"):
+        os.environ["PEFT_BENCH_CPU_BF16"] = "1" if cpu_prefers_bf16() else "0"
+
+
 def choose_dtype(device: str, dtype: str = "auto", fp16: bool = False, bf16: bool = False) -> torch.dtype:
     """The compute dtype per device. A request the device cannot run fast is downgraded with a warning."""
     wanted = "float16" if fp16 else "bfloat16" if bf16 else dtype

@@ -20,7 +20,7 @@ from typing import Any
 
 from harness import ray_watchdog
 from harness.config import BenchConfig, config_from_dict
-from harness.devices import resolve_device
+from harness.devices import pin_cpu_dtype, resolve_device
 from harness.errors import BenchError
 from harness.io import atomic_write_json, read_json, read_jsonl
 from harness.data import load_splits
@@ -328,6 +328,7 @@ def start_ray(cfg: BenchConfig) -> None:
         if cfg.run.ray_address:
             ray.init(address=cfg.run.ray_address, **kwargs)
         else:
+            pin_cpu_dtype()  # before the workers start: they inherit it
             ray.init(address="local", num_cpus=os.cpu_count() or 1, **kwargs)  # never join a stray cluster
             ray_watchdog.start()  # a SIGKILLed driver must not leave Ray's agents running
     except (ConnectionError, RuntimeError, ValueError) as exc:

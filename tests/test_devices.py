@@ -55,6 +55,17 @@ def test_the_environment_can_pin_the_cpu_dtype(cpu, monkeypatch):
     assert choose_dtype("cpu") == torch.bfloat16
 
 
+def test_a_local_run_decides_the_cpu_dtype_once(cpu, monkeypatch):
+    cpu(native=True, speedup=BF16_MIN_SPEEDUP + 0.5)
+    devices.pin_cpu_dtype()
+    # a later, noisier probe must not change a run's dtype
+    monkeypatch.setattr(devices, "cpu_bf16_speedup", lambda: BF16_MIN_SPEEDUP - 0.5)
+    assert choose_dtype("cpu") == torch.bfloat16
+    monkeypatch.setenv("PEFT_BENCH_CPU_BF16", "0")  # an explicit pin is kept
+    devices.pin_cpu_dtype()
+    assert choose_dtype("cpu") == torch.float32
+
+
 def test_the_bf16_probe_measures_a_ratio():
     devices.cpu_bf16_speedup.cache_clear()
     try:
