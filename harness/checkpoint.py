@@ -14,6 +14,7 @@ from safetensors.torch import save_file
 from harness.errors import BenchError
 from harness.reading import load_safetensors, read_json
 
+CHECKPOINT_DIR = "checkpoint"  # in a trial folder: the last epoch's resumable state
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"

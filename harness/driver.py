@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from harness import checkpoint as ckpt
 from harness import ray_watchdog
 from harness.config import BenchConfig, config_from_dict
 from harness.devices import pin_cpu_dtype, resolve_device
@@ -294,9 +295,15 @@ def run_seed(cfg: BenchConfig, technique: Any, hp: dict[str, Any], model: str, d
 
     spec = TrialSpec(trial_id=trial_id, technique=technique.name, hp=hp, config=cfg, trial_dir=folder,
                      device=device, threads=cpus, extra={"ray_trial_id": trial_id, "seed": seed})
+    own = folder / ckpt.CHECKPOINT_DIR
     try:
         resumed = False
-        if checkpoint is not None:
+        if (own / ckpt.STATE_JSON).is_file():
+            # The trial folder's checkpoint is written before each report, so after a kill it is at least as new
+            # as the one Ray recorded (Ray may not have recorded the last epoch's yet): resume from it.
+            resumed = True
+            result = run_trial(spec, reporter, resume_from=own)
+        elif checkpoint is not None:
             with checkpoint.as_directory() as resume_dir:
                 marker = Path(resume_dir) / SEED_FILE
                 # Checkpoints written before seeds existed carry no marker: they are the only seed's.

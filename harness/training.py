@@ -269,7 +269,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
             progress["best"], progress["best_epoch"] = value, epoch
             atomic_write_dir(spec.trial_dir / "adapter", lambda d: ckpt.save_adapter(model, d, technique.export))
         progress["epoch"] = epoch
-        write_checkpoint(spec.trial_dir / "checkpoint", model, optimizer, progress, files)
+        write_checkpoint(spec.trial_dir / ckpt.CHECKPOINT_DIR, model, optimizer, progress, files)
         last = diverged or bool(epoch_stats["stop"]) or epoch == train_cfg.epochs
         if last:
             # Finished before the last report: a scheduler may end the trial at that report.
@@ -279,7 +279,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
         else:
             files.status("running", epochs_done=epoch, best_epoch=progress["best_epoch"])
         if reporter:
-            reporter(row, spec.trial_dir / "checkpoint")
+            reporter(row, spec.trial_dir / ckpt.CHECKPOINT_DIR)
         if last:
             return outcome
     # Only reached when a resumed trial had already done every epoch.

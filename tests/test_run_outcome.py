@@ -59,9 +59,13 @@ def test_optuna_with_asha_minimises_eval_loss(ray_local, tmp_path):
     assert isinstance(tune_config.scheduler, ASHAScheduler) and isinstance(tune_config.search_alg, OptunaSearch)
     assert (tune_config.metric, tune_config.mode) == ("eval_loss", "min")
     assert tune_config.scheduler._max_t == 3
+    # The search objective is the model-selection signal (eval.selection), whatever metric ranks the board.
     plain = cfg("run.techniques=lora", "run.search=optuna", "run.metric=chrf")
     tune_config = driver.build_tuner(driver.plan(plain)[-1], plain, tmp_path, "cpu", 2, 0)[1]._local_tuner._tune_config
-    assert tune_config.scheduler is None and (tune_config.metric, tune_config.mode) == ("chrf", "max")
+    assert tune_config.scheduler is None and (tune_config.metric, tune_config.mode) == ("eval_loss", "min")
+    by_chrf = cfg("run.techniques=lora", "run.search=optuna", "eval.selection=chrf", "eval.validation_samples=100")
+    tune_config = driver.build_tuner(driver.plan(by_chrf)[-1], by_chrf, tmp_path, "cpu", 2, 0)[1]._local_tuner._tune_config
+    assert (tune_config.metric, tune_config.mode) == ("chrf", "max")
 
 
 def test_ctrl_c_exits_130_and_says_how_to_resume(monkeypatch, capsys):
