@@ -93,6 +93,9 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     epochs: int = 2
     max_steps: int | None = None  # optimizer steps over all epochs; stops early when reached
+    # An epoch of N optimizer steps (Keras's steps_per_epoch): evaluation, checkpoint and best-epoch choice every N
+    # steps, the data read on from where the last epoch stopped (reshuffled per full pass). null: one full pass.
+    steps_per_epoch: int | None = None
     time_budget_s: float | None = None  # wall-clock training budget per trial (evaluation not counted)
     warmup_ratio: float = 0.05
     lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
@@ -380,6 +383,9 @@ def validate(cfg: BenchConfig) -> None:
     _require(t.epochs >= 1, "train.epochs", t.epochs, "at least one epoch is needed", "2")
     if t.max_steps is not None:
         _require(t.max_steps >= 1, "train.max_steps", t.max_steps, "it must be >= 1 (or null)", "100")
+    if t.steps_per_epoch is not None:
+        _require(t.steps_per_epoch >= 1, "train.steps_per_epoch", t.steps_per_epoch, "it must be >= 1 (or null "
+                 "for one full pass over the training data)", "10")
     if t.time_budget_s is not None:
         _require(t.time_budget_s > 0, "train.time_budget_s", t.time_budget_s, "it must be > 0 (or null)", "300")
     _require(0 <= t.warmup_ratio < 1, "train.warmup_ratio", t.warmup_ratio, "it must be in [0, 1)", "0.05")

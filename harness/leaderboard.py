@@ -48,6 +48,7 @@ class Uncertainty:
     test: str = "paired_bootstrap"
     level: float = 0.05
     selection: str = "eval_loss"
+    steps_per_epoch: int | None = None  # train.steps_per_epoch: what an "epoch" of the board is
 
     @classmethod
     def of(cls, config: dict[str, Any]) -> "Uncertainty":
@@ -55,7 +56,7 @@ class Uncertainty:
         base = cls()
         return cls(e.get("bootstrap_resamples", base.resamples), e.get("bootstrap_seed", base.seed),
                    r.get("significance_test", base.test), r.get("significance_level", base.level),
-                   e.get("selection", base.selection))
+                   e.get("selection", base.selection), (config.get("train") or {}).get("steps_per_epoch"))
 
 
 @dataclass
@@ -136,10 +137,10 @@ class Board:
         return "\n".join(parts).rstrip() + "\n"
 
     def epoch_table(self, fmt: str = "simple") -> str:
-        cols = ["model", "technique", "params", "epoch", "train_loss", "eval_loss", "eval_ppl", "bleu", "chrf"]
+        cols = ["model", "technique", "params", "epoch", "step", "train_loss", "eval_loss", "eval_ppl", "bleu", "chrf"]
         if self.epochs.empty:
             return "(no epochs recorded)\n"
-        headers = ["model", "technique", "hyper-parameters", "epoch", "train loss", "eval loss", "eval ppl",
+        headers = ["model", "technique", "hyper-parameters", "epoch", "step", "train loss", "eval loss", "eval ppl",
                    "val BLEU", "val chrF"]
         if "seed" in self.epochs and self.epochs["seed"].nunique() > 1:
             cols, headers = cols[:3] + ["seed"] + cols[3:], headers[:3] + ["seed"] + headers[3:]
@@ -280,7 +281,7 @@ def trial_row(folder: Path, metric: str) -> tuple[dict[str, Any], list[dict[str,
     }
     per_epoch = [{"model": row["model"], "technique": technique, "params": row["params"], "trial": folder.name,
                   "seed": row["seed"],
-                  **{k: r.get(k) for k in ("epoch", "train_loss", "eval_loss", "eval_ppl", "bleu", "chrf")}}
+                  **{k: r.get(k) for k in ("epoch", "step", "train_loss", "eval_loss", "eval_ppl", "bleu", "chrf")}}
                  for r in epochs]
     return row, per_epoch
 
@@ -460,6 +461,9 @@ def footer(board: Board, not_compared: list[str]) -> list[str]:
     else:
         size = _number(first.get("validation_translated"))
         lines.append(f"best epoch: highest chrF of {int(size) if size else '?'} translated validation sentences")
+    if u.steps_per_epoch:
+        lines.append(f"epoch: {u.steps_per_epoch} optimizer steps (train.steps_per_epoch), the training data read on "
+                     "from where the last epoch stopped; evaluated after each")
     for key, sig in (first["signatures"] or {}).items():
         lines.append(f"  {key}: {sig}")
     return lines

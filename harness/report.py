@@ -103,28 +103,30 @@ def _per_trial(epochs: pd.DataFrame) -> Iterable[tuple[str, pd.DataFrame]]:
         yield str(trial), rows.sort_values("epoch")
 
 
-def _plot_epoch_metric(ax: Axes, board: Any, column: str, title: str, ylabel: str) -> None:
-    """One line per trial of `column` against the epoch; trials without that number are skipped."""
+def _plot_epoch_metric(ax: Axes, board: Any, column: str, title: str, ylabel: str, x: str = "epoch") -> None:
+    """One line per trial of `column` against the epoch (or `x`, e.g. the optimizer step); trials without that
+    number are skipped."""
     epochs, labels, colors = board.epochs, trial_labels(board.frame), trial_colors(board.frame)
+    x = x if x in epochs else "epoch"
     drawn = 0
     if not epochs.empty and column in epochs:
         for trial, rows in _per_trial(epochs):
             values = _numbers(rows[column])
-            keep = values.notna() & _numbers(rows["epoch"]).notna()
+            keep = values.notna() & _numbers(rows[x]).notna()
             if not keep.any():
                 continue
-            ax.plot(_numbers(rows["epoch"])[keep], values[keep], marker="o", label=labels.get(trial, trial),
+            ax.plot(_numbers(rows[x])[keep], values[keep], marker="o", label=labels.get(trial, trial),
                     color=colors.get(trial))
             drawn += 1
     ax.set_title(title)
     if not drawn:
         _empty_note(ax, "no epochs recorded")
         return
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("optimizer step" if x == "step" else x)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    shown = sorted({int(e) for e in _numbers(epochs["epoch"]).dropna()})
-    if len(shown) <= 20:  # whole epochs only, also when a trial has just one
+    shown = sorted({int(e) for e in _numbers(epochs[x]).dropna()})
+    if len(shown) <= 20:  # whole epochs / the evaluated steps only, also when a trial has just one
         ax.set_xticks(shown)
     else:
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -135,10 +137,11 @@ def _plot_epoch_metric(ax: Axes, board: Any, column: str, title: str, ylabel: st
 
 
 def plot_learning_curves(board: Any, path: Path) -> Path:
-    """Train loss and validation eval loss per epoch, one line per trial (the baseline is its epoch-0 point)."""
+    """Train loss and validation eval loss at every evaluation, against the optimizer step (comparable across
+    techniques and epoch sizes), one line per trial (the baseline is its step-0 point)."""
     fig, (left, right) = _new_figure(2)
-    _plot_epoch_metric(left, board, "train_loss", "train loss", "mean target-token cross-entropy")
-    _plot_epoch_metric(right, board, "eval_loss", "validation eval loss", "mean target-token cross-entropy")
+    _plot_epoch_metric(left, board, "train_loss", "train loss", "mean target-token cross-entropy", x="step")
+    _plot_epoch_metric(right, board, "eval_loss", "validation eval loss", "mean target-token cross-entropy", x="step")
     return _save(fig, path)
 
 

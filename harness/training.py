@@ -207,9 +207,7 @@ def run_trial(spec: TrialSpec, reporter: Reporter | None = None, resume_from: Pa
 
     optimizer = (technique.optimizer(model, spec.hp, train_cfg.weight_decay)
                  or build_optimizer(model, float(spec.hp["lr"]), train_cfg.weight_decay))
-    micro_batches = math.ceil(len(data.train) / train_cfg.batch_size)
-    steps_per_epoch = math.ceil(micro_batches / train_cfg.gradient_accumulation_steps)
-    total_steps = steps_per_epoch * train_cfg.epochs
+    total_steps = epoch_steps(len(data.train), train_cfg) * train_cfg.epochs
     if train_cfg.max_steps:
         total_steps = min(total_steps, train_cfg.max_steps)
     scheduler = get_scheduler(train_cfg.lr_scheduler, optimizer,
@@ -318,10 +316,7 @@ def train_one_epoch(
     cfg = spec.config.train
     if step is None:
         step = build_step(model, spec, pad_id)
-    # Index batches only; tensors are built per step (a large dataset never sits in memory as tensors).
-    batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, epoch, cfg.group_by_length)
-    groups = [batches[i: i + cfg.gradient_accumulation_steps]
-              for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
+    groups = epoch_groups(train, cfg, epoch, progress["step"])
     technique = registry.get(spec.technique)
     # Losses are summed on the device; a sync-free step reads them once per log interval (and at the end).
     epoch_loss = torch.zeros((), dtype=torch.float32, device=spec.device)
@@ -384,6 +379,38 @@ def train_one_epoch(
     mean = loss_sum / max(target_tokens, 1)
     return {"finite": True, "loss": mean, "target_tokens": target_tokens, "tokens": tokens, "seconds": seconds,
             "stop": stop}
+
+
+def pass_groups(train: Encoded, cfg: Any, data_pass: int) -> list[list[list[int]]]:
+    """One full pass over the training data as optimizer steps, each a group of accumulated index batches.
+    Index batches only; tensors are built per step (a large dataset never sits in memory as tensors)."""
+    batches = batch_indices(train.lengths(), cfg.batch_size, cfg.seed, data_pass, cfg.group_by_length)
+    return [batches[i: i + cfg.gradient_accumulation_steps]
+            for i in range(0, len(batches), cfg.gradient_accumulation_steps)]
+
+
+def epoch_steps(pairs: int, cfg: Any) -> int:
+    """Optimizer steps in one epoch: train.steps_per_epoch, or one full pass over `pairs` training pairs."""
+    if cfg.steps_per_epoch:
+        return cfg.steps_per_epoch
+    return math.ceil(math.ceil(pairs / cfg.batch_size) / cfg.gradient_accumulation_steps)
+
+
+def epoch_groups(train: Encoded, cfg: Any, epoch: int, done: int) -> list[list[list[int]]]:
+    """The optimizer steps of `epoch` (1-based), `done` steps having run before it. Without steps_per_epoch an
+    epoch is a full pass; with it, global step s takes step s % P of full pass s // P + 1 (P steps a pass), so the
+    data is read on across epochs, every pair once a pass, and a resumed trial sees the same batches."""
+    if not cfg.steps_per_epoch:
+        return pass_groups(train, cfg, epoch)
+    per_pass = epoch_steps(len(train), dataclasses.replace(cfg, steps_per_epoch=None))
+    passes: dict[int, list[list[list[int]]]] = {}
+    groups = []
+    for s in range(done, epoch * cfg.steps_per_epoch):
+        data_pass = s // per_pass + 1
+        if data_pass not in passes:
+            passes[data_pass] = pass_groups(train, cfg, data_pass)
+        groups.append(passes[data_pass][s % per_pass])
+    return groups
 
 
 def build_step(model: Any, spec: TrialSpec, pad_id: int) -> TrainStep:
